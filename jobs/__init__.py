@@ -1,0 +1,1 @@
+"""Thin job entry points: parse a config, call the library. Each runs as `python -m jobs.<name>`."""

@@ -1,0 +1,156 @@
+"""Dataclass configs: one per job, saved next to every output, reloadable, mirrored by CLI flags.
+
+`add_dataclass_args` turns a config dataclass into argparse flags (one per field, `--field-name`),
+`config_from_args` builds the dataclass back from parsed flags layered over an optional YAML/JSON
+file given with `--config`, and `save_config` / `load_config` round-trip through YAML.
+Precedence: dataclass defaults < config file < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build `cls` from a dict, rejecting unknown keys by name (typos must not pass silently)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def save_config(cfg: Any, path: str | os.PathLike, fs: Any = None) -> None:
+    text = yaml.safe_dump({"kind": type(cfg).__name__, **to_dict(cfg)}, sort_keys=False)
+    if fs is None:
+        with open(path, "w") as f:
+            f.write(text)
+    else:
+        fs.pipe_file(str(path), text.encode())
+
+
+def load_config(cls: type[T], path: str | os.PathLike) -> T:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping, found {type(data).__name__}")
+    kind = data.pop("kind", cls.__name__)
+    if kind != cls.__name__:
+        raise ValueError(f"{path} holds a {kind} config, expected {cls.__name__}")
+    return from_dict(cls, data)
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, help_texts: dict[str, str] | None = None,
+                       positional: tuple[str, ...] = ()) -> None:
+    """One flag per field. Defaults are left unset (None) so that a config file can fill them."""
+    help_texts = help_texts or {}
+    hints = typing.get_type_hints(cls)
+    parser.add_argument("--config", help="YAML/JSON config file; flags given here override it")
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        text = help_texts.get(f.name, "")
+        text = f"{text} (default: {default})" if default not in (None, "", [], {}) else text
+        if f.name in positional:
+            parser.add_argument(f.name, nargs="+" if _is_list(tp) else None, help=text)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        base = _strip_optional(tp)
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif _is_list(tp):
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=text + " (repeatable)")
+        elif base in (dict, typing.Dict) or typing.get_origin(base) is dict:
+            parser.add_argument(flag, dest=f.name, action="append", default=None, metavar="KEY=VALUE",
+                                help=text + " (repeatable KEY=VALUE)")
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=text)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        path = args.config
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        loaded.pop("kind", None)
+        data.update(loaded)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        base = _strip_optional(hints[f.name])
+        if (base is dict or typing.get_origin(base) is dict) and isinstance(value, list):
+            value = dict(_parse_kv(v) for v in value)
+        data[f.name] = value
+    return from_dict(cls, data)
+
+
+def _parse_kv(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    key, value = item.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_list(tp: Any) -> bool:
+    base = _strip_optional(tp)
+    return typing.get_origin(base) in (list, tuple) or base in (list, tuple)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Turn strings from flags into the field's type (int, float, bool, lists of them)."""
+    if value is None:
+        return None
+    base = _strip_optional(tp)
+    origin = typing.get_origin(base)
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(base) or (str,)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        flat: list[Any] = []
+        for item in items:  # "1,2,3" and repeated flags both work
+            if isinstance(item, str) and inner is not str and "," in item:
+                flat.extend(s for s in item.split(",") if s)
+            else:
+                flat.append(item)
+        coerced = [_coerce(inner, v) for v in flat]
+        return tuple(coerced) if origin is tuple else coerced
+    if base is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if base in (int, float) and isinstance(value, str):
+        return base(value)
+    if base is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -1,0 +1,149 @@
+"""Images -> float tensors in a tokenizer's input convention, with an explicit resize/crop policy.
+
+The resize and crop follow torchvision's PIL path (what the reference training code uses), done
+here with Pillow so no torchvision is needed: shorter side to `round(size * resize_ratio)` with
+LANCZOS, then a centre crop whose offsets are rounded like `transforms.CenterCrop`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+RESAMPLE = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+}
+MODES = ("center-crop", "resize", "native")
+
+
+@dataclass
+class PreprocessConfig:
+    """How an image becomes the tensor the encoder sees.
+
+    mode:
+      center-crop  shorter side -> round(size * resize_ratio), centre crop size x size (VAR's val
+                   transform with the default ratio 1.125)
+      resize       squash to size x size (aspect ratio not kept)
+      native       keep the image's own size; when the longer side exceeds `max_side`, shrink it
+                   to `max_side` keeping the aspect ratio. The tokenizer pads to its stride/tiles.
+    """
+
+    mode: str = "center-crop"
+    size: int = 256
+    resize_ratio: float = 1.125
+    resample: str = "lanczos"
+    max_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"preprocess mode must be one of {MODES}, got {self.mode!r}")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
+        if self.size <= 0 or self.resize_ratio < 1.0:
+            raise ValueError("size must be positive and resize_ratio >= 1")
+
+
+def to_rgb(image: Any) -> Image.Image:
+    """PIL image or uint8 array (HW, HWC with 1/3/4 channels) -> RGB PIL image, EXIF-upright.
+
+    Transparent pixels are composited on white (dropping alpha would expose whatever colour the
+    encoder left under it); 16-bit and float greyscale is rescaled to 8 bits rather than clipped.
+    """
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        image = Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise TypeError(f"image arrays must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L")
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        if arr.shape[2] == 1:
+            return Image.fromarray(arr[:, :, 0], "L")
+        return Image.fromarray(np.ascontiguousarray(arr), "RGB" if arr.shape[2] == 3 else "RGBA")
+    raise ValueError(f"image array must be HW or HWC with 1, 3 or 4 channels, got {arr.shape}")
+
+
+def resize_shorter(image: Image.Image, target: int, resample: str) -> Image.Image:
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = target, int(target * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return image
+    return image.resize((new_w, new_h), RESAMPLE[resample])
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    w, h = image.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def apply_policy(image: Any, cfg: PreprocessConfig) -> np.ndarray:
+    """One image -> uint8 HWC RGB array after the resize/crop policy."""
+    image = to_rgb(image)
+    if cfg.mode == "center-crop":
+        image = center_crop(resize_shorter(image, round(cfg.size * cfg.resize_ratio), cfg.resample), cfg.size)
+    elif cfg.mode == "resize":
+        if image.size != (cfg.size, cfg.size):
+            image = image.resize((cfg.size, cfg.size), RESAMPLE[cfg.resample])
+    elif cfg.max_side is not None and max(image.size) > cfg.max_side:
+        w, h = image.size
+        scale = cfg.max_side / max(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), RESAMPLE[cfg.resample])
+    return np.asarray(image, dtype=np.uint8)
+
+
+def uint8_to_tensor(batch: np.ndarray | torch.Tensor, input_range: tuple[float, float]) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in `input_range`.
+
+    For [-1, 1] the arithmetic is the reference's: x = u8 / 255, then x + x - 1, in float32, so
+    the floats are bit-identical to what the reference data loader feeds its encoder.
+    """
+    t = torch.as_tensor(batch)
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"expected (B, H, W, 3) uint8, got {tuple(t.shape)} {t.dtype}")
+    x = t.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
+    if input_range == (0.0, 1.0):
+        return x
+    if input_range == (-1.0, 1.0):
+        return x.add(x).add_(-1)
+    lo, hi = input_range
+    return x.mul(hi - lo).add_(lo)
+
+
+def images_to_tensor(images: Iterable[Any], cfg: PreprocessConfig,
+                     input_range: tuple[float, float]) -> torch.Tensor:
+    """Apply the policy to every image and stack; all results must share one size."""
+    arrays = [apply_policy(im, cfg) for im in images]
+    if not arrays:
+        raise ValueError("no images to preprocess")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"images have different sizes after preprocessing {sorted(shapes)}; "
+                         "preprocess them one at a time or bucket them by size")
+    return uint8_to_tensor(np.stack(arrays), input_range)
