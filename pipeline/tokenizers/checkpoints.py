@@ -101,9 +101,11 @@ def check_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], *, ignore: Iter
 
 
 def load_into(model: nn.Module, path_or_sd: str | os.PathLike | Mapping[str, torch.Tensor], *,
-              ignore: Iterable[str] = ()) -> nn.Module:
-    """Strictly load a checkpoint file (or a state dict) into `model`, casting to its dtypes."""
-    source = os.fspath(path_or_sd) if not isinstance(path_or_sd, Mapping) else "state dict"
+              ignore: Iterable[str] = (), source: str | None = None) -> nn.Module:
+    """Strictly load a checkpoint file (or a state dict read from `source`) into `model`,
+    casting to its dtypes."""
+    if source is None:
+        source = os.fspath(path_or_sd) if not isinstance(path_or_sd, Mapping) else "state dict"
     sd = read_state_dict(path_or_sd) if not isinstance(path_or_sd, Mapping) else dict(path_or_sd)
     sd = strip_prefix(sd)
     check_keys(model, sd, ignore=ignore, source=source)
