@@ -39,9 +39,12 @@ def read_state_dict(path: str | os.PathLike, *, prefer: Iterable[str] = CONTAINE
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            # torch's message advises weights_only=False; we never do that, so only the reason is kept.
+            lines = [ln.strip() for ln in str(exc).splitlines()]
+            reason = next((ln for ln in lines if "nsupported" in ln and "weights_only" not in ln), "unsupported content")
             raise CheckpointError(
-                f"refusing to load {path}: it contains pickled objects other than tensors "
-                f"(only weights_only=True loading is allowed): {exc}") from exc
+                f"cannot load {path} safely: it is corrupt or holds pickled objects other than tensors and "
+                f"plain containers (weights_only=True loader: {reason}); pickled code is never executed") from exc
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
             raise CheckpointError(f"not a readable torch checkpoint: {path}: {exc}") from exc
     return _upcast(unwrap_state_dict(raw, prefer=tuple(prefer), source=path))
