@@ -1,0 +1,75 @@
+"""Dataclass configs round-trip through YAML and CLI flags; every subcommand has a working --help."""
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from pipeline import cli
+from pipeline.config import add_dataclass_args, config_from_args, from_dict, load_config, save_config
+
+
+@dataclass
+class DemoConfig:
+    inputs: list[str] = field(default_factory=list)
+    output: str = "out"
+    batch_size: int = 8
+    lr: float = 1e-4
+    overwrite: bool = False
+    patch_nums: tuple[int, ...] = (1, 2, 4)
+    storage_options: dict = field(default_factory=dict)
+    note: str | None = None
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, DemoConfig)
+    return config_from_args(DemoConfig, p.parse_args(argv))
+
+
+def test_flags_fill_typed_fields():
+    cfg = parse(["--inputs", "a.tar", "--inputs", "b.tar", "--batch-size", "4", "--lr", "3e-4", "--overwrite",
+                 "--patch-nums", "1,2,3", "--storage-options", "anon=true", "--storage-options", "key=k"])
+    assert cfg.inputs == ["a.tar", "b.tar"] and cfg.batch_size == 4 and cfg.lr == 3e-4 and cfg.overwrite
+    assert cfg.patch_nums == (1, 2, 3)
+    assert cfg.storage_options == {"anon": True, "key": "k"}
+    assert cfg.output == "out" and cfg.note is None
+
+
+def test_save_reload_and_flags_override_file(tmp_path):
+    cfg = parse(["--batch-size", "16", "--output", "x"])
+    path = tmp_path / "job.yaml"
+    save_config(cfg, path)
+    assert load_config(DemoConfig, path) == cfg
+    again = parse(["--config", str(path), "--output", "y"])
+    assert again.batch_size == 16 and again.output == "y"
+
+
+def test_unknown_keys_and_wrong_kind_are_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("kind: DemoConfig\nbatch_sise: 3\n")
+    with pytest.raises(ValueError, match="batch_sise"):
+        load_config(DemoConfig, path)
+    path.write_text("kind: TrainConfig\n")
+    with pytest.raises(ValueError, match="TrainConfig"):
+        load_config(DemoConfig, path)
+    with pytest.raises(ValueError, match="not a boolean"):
+        from_dict(DemoConfig, {"overwrite": "maybe"})
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    assert command in capsys.readouterr().out
+
+
+def test_console_script_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in cli.COMMANDS:
+        assert command in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
