@@ -115,7 +115,7 @@ def apply_policy(image: Any, cfg: PreprocessConfig) -> np.ndarray:
         w, h = image.size
         scale = cfg.max_side / max(w, h)
         image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), RESAMPLE[cfg.resample])
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)
 
 
 def uint8_to_tensor(batch: np.ndarray | torch.Tensor, input_range: tuple[float, float]) -> torch.Tensor:
