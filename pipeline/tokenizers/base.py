@@ -88,6 +88,7 @@ class Tokenizer:
       groups          codes per position for grouped quantisers (1 otherwise)
       patch_nums      default scale schedule
       downsample      pixels per latent cell
+      supports_tiling whether `encode` accepts tile_size/overlap (others raise a clear error)
     """
 
     name: str = "base"
@@ -97,6 +98,7 @@ class Tokenizer:
     patch_nums: tuple[int, ...] = ()
     downsample: int = 1
     input_range: tuple[float, float] = (-1.0, 1.0)
+    supports_tiling: bool = False
 
     def __init__(self, model: nn.Module, config: dict[str, Any], *,
                  preprocess_config: PreprocessConfig | None = None, precision: str = "fp32",
@@ -240,6 +242,7 @@ _BUILTIN_MODULES = {
     "gq": "pipeline.tokenizers.gq",
     "gsq": "pipeline.tokenizers.gsq",
     "vitok": "pipeline.tokenizers.vitok",
+    "default": "pipeline.tokenizers.default",
 }
 
 

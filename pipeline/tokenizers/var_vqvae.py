@@ -70,6 +70,7 @@ class VarVQVAETokenizer(Tokenizer):
     name = "var-vqvae"
     downsample = DOWNSAMPLE
     input_range = (-1.0, 1.0)
+    supports_tiling = True
 
     def __init__(self, model: VQVAE, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(model, config, **kwargs)
