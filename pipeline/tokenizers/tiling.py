@@ -73,9 +73,9 @@ def padded_length(length: int, tile: int, overlap: int, multiple_of: int = 1) ->
 
 def tile_origins(padded: int, tile: int, overlap: int) -> tuple[int, ...]:
     """Origins along one axis of a padded canvas; the last tile ends exactly at the border."""
-    _check(tile, overlap)
     if padded <= tile:
         return (0,)
+    _check(tile, overlap)
     stride = tile - overlap
     n = math.ceil((padded - overlap) / stride)
     origins = [k * stride for k in range(n)]
@@ -153,6 +153,9 @@ def blend(tiles: Sequence[torch.Tensor], plan: TilePlan, *, convention: str = "f
         weight[:, :, y0:y0 + th, x0:x0 + tw] += win
     if convention == "reference":
         return out / (weight + 1e-6)
+    if not bool((weight > 0).all()):
+        # abutting Hann windows (overlap < 2 cells) leave seams with no weight at all
+        raise ValueError(f"tile overlap {plan.overlap} leaves cells with zero blending weight; use overlap >= 2")
     return out / weight
 
 

@@ -81,3 +81,9 @@ def test_pad_to_reflects_and_falls_back_to_replicate():
 def test_invalid_tile_settings(tile, overlap):
     with pytest.raises(ValueError):
         tiling.plan_tiles(100, 100, tile, overlap)
+
+
+def test_overlap_too_small_for_blending_is_an_error():
+    plan = tiling.plan_tiles(64, 64, 32, 1)
+    with pytest.raises(ValueError, match="zero blending weight"):
+        tiling.blend([torch.ones(1, 1, 32, 32) for _ in plan.tiles], plan)
