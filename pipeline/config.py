@@ -101,12 +101,12 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
             continue
         base = _strip_optional(hints[f.name])
         if (base is dict or typing.get_origin(base) is dict) and isinstance(value, list):
-            value = dict(_parse_kv(v) for v in value)
+            value = dict(parse_kv(v) for v in value)
         data[f.name] = value
     return from_dict(cls, data)
 
 
-def _parse_kv(item: str) -> tuple[str, Any]:
+def parse_kv(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ValueError(f"expected KEY=VALUE, got {item!r}")
     key, value = item.split("=", 1)

@@ -1,0 +1,79 @@
+"""Config -> JobSpec and JobSpec -> tokenizer: the same code on the driver and in every actor, so
+all of them build a bit-identical tokenizer (checked through its fingerprint)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+
+from pipeline import __version__
+from pipeline.sinks.schema import SCHEMA_VERSION
+from pipeline.runner.config import JobSpec, TokenizeConfig, read_tokenizer_config
+from pipeline.tokenizers.base import Tokenizer, load_tokenizer
+from pipeline.tokenizers.preprocess import PreprocessConfig
+
+
+def build_tokenizer(spec: JobSpec, device: str = "cpu") -> Tokenizer:
+    if spec.tokenizer_module:
+        importlib.import_module(spec.tokenizer_module)  # a plugin that registers extra tokenizers
+    tok = load_tokenizer(spec.tokenizer, spec.checkpoint, spec.tokenizer_config,
+                         precision=spec.precision, device=device)
+    tok.preprocess_config = PreprocessConfig(**spec.preprocess)
+    return tok
+
+
+def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
+    """Resolve every default once (on the driver) and compute the job's fingerprint."""
+    cfg.validate()
+    spec = JobSpec(
+        tokenizer=cfg.tokenizer, checkpoint=cfg.checkpoint,
+        tokenizer_config=read_tokenizer_config(cfg.tokenizer_config),
+        tokenizer_module=cfg.tokenizer_module, preprocess={}, precision=cfg.precision,
+        patch_nums=(), tile_size=cfg.tile_size, overlap=cfg.overlap,
+        variants=tuple(cfg.extra_variants()), max_image_pixels=int(cfg.max_image_pixels),
+        max_member_bytes=int(cfg.max_member_bytes), batch_size=int(cfg.batch_size),
+        decode_threads=int(cfg.decode_threads or max(2, int(cfg.cpus_per_actor))),
+        row_group_rows=int(cfg.row_group_rows), output=cfg.output,
+        storage_options=dict(cfg.storage_options or {}),
+    )
+    if spec.checkpoint and "://" not in spec.checkpoint and not os.path.exists(spec.checkpoint):
+        raise ValueError(f"--checkpoint {spec.checkpoint} does not exist")
+    if spec.tokenizer_module:
+        importlib.import_module(spec.tokenizer_module)
+    tok = load_tokenizer(spec.tokenizer, spec.checkpoint, spec.tokenizer_config, precision=spec.precision)
+    if tok.continuous or tok.vocab_size <= 0:
+        raise ValueError(f"{spec.tokenizer} produces continuous tokens; the tokenize job stores integer codes only")
+    pre = dataclasses.asdict(tok.preprocess_config)
+    pre["mode"] = cfg.resolved_policy()
+    if cfg.image_size:
+        pre["size"] = int(cfg.image_size)
+    if cfg.max_side:
+        pre["max_side"] = int(cfg.max_side)
+    PreprocessConfig(**pre)  # validates
+    patch_nums = tuple(int(p) for p in (cfg.patch_nums or tok.patch_nums))
+    if cfg.scale_superset:
+        # FlexVAR-style: every scale 1..N so any schedule can be sliced at training time.
+        patch_nums = tuple(range(1, max(patch_nums) + 1))
+    spec = spec.replace(preprocess=pre, patch_nums=patch_nums, vocab_size=int(tok.vocab_size))
+    tok.preprocess_config = PreprocessConfig(**pre)
+    tok_fp = tok.fingerprint()
+    fingerprint = spec.compute_fingerprint(tok_fp)
+    spec = spec.replace(tokenizer_fingerprint=tok_fp, fingerprint=fingerprint)
+    spec.metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "tokenizer": spec.tokenizer,
+        "fingerprint": tok_fp,
+        "job_fingerprint": fingerprint,
+        "patch_nums": list(patch_nums),
+        "scale_superset": bool(cfg.scale_superset),
+        "vocab_size": int(tok.vocab_size),
+        "groups": int(tok.groups),
+        "preprocess": pre,
+        "precision": spec.precision,
+        "version": __version__,
+        "job_config": spec.token_settings(),
+        "tokenizer_config": tok.describe()["config"],
+        "variants": ["orig", *spec.variants] if spec.variants else [],
+    }
+    return spec, tok

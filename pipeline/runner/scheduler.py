@@ -1,0 +1,195 @@
+"""The driver's pull scheduler: a fixed pool of tokenizer actors, each holding at most one shard;
+an actor that finishes gets the next shard from the queue (no static assignment, so a slow node
+only slows its own shards).
+
+Failures: a shard whose attempt fails (unreadable URL, actor killed mid-shard, node lost) goes
+back to the front of the queue until it has failed `max_retries + 1` times, then it is reported.
+A dead actor is replaced by a fresh one. Re-running a shard is safe because of the commit
+protocol (sinks/manifest.py): every attempt writes the same bytes and only one manifest wins.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from pipeline.runner.actor import make_actor_class
+from pipeline.runner.config import JobSpec
+from pipeline.runner.shard_task import ShardResult
+from pipeline.sources.listing import Shard
+
+POLL_S = 0.5
+
+
+@dataclass
+class ActorSlot:
+    index: int
+    handle: Any
+    ready_ref: Any
+    created: float = field(default_factory=time.perf_counter)
+    info: dict[str, Any] | None = None
+    ready_at: float | None = None
+    busy: bool = False
+    busy_s: float = 0.0
+    shards: int = 0
+    images: int = 0
+    dead: bool = False
+    retired_at: float | None = None
+
+
+@dataclass
+class ScheduleOutcome:
+    results: dict[str, ShardResult] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    attempts_failed: int = 0
+    actor_deaths: int = 0
+    slots: list[ActorSlot] = field(default_factory=list)
+    startup_errors: list[str] = field(default_factory=list)
+
+
+class ShardScheduler:
+    def __init__(self, spec: JobSpec, shards: list[Shard], *, num_actors: int, gpus_per_actor: float,
+                 cpus_per_actor: float, max_retries: int, reporter: Any = None,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 runtime_env: dict[str, Any] | None = None, startup_wait_s: float = 0.0) -> None:
+        self.spec = spec
+        self.queue: collections.deque[Shard] = collections.deque(shards)
+        self.num_actors = max(1, min(num_actors, len(shards)))
+        self.cpus_per_actor = cpus_per_actor
+        self.actor_class = make_actor_class(gpus_per_actor, cpus_per_actor, runtime_env)
+        self.max_retries = max_retries
+        self.reporter = reporter
+        self.on_progress = on_progress or (lambda done, failed: None)
+        self.attempts: dict[str, int] = collections.Counter()
+        self.errors: dict[str, list[str]] = collections.defaultdict(list)
+        self.outcome = ScheduleOutcome()
+        self.slots: list[ActorSlot] = []
+        self.in_flight: dict[Any, tuple[ActorSlot, Shard, float]] = {}
+        self.startup_failures: list[str] = []
+        self.startup_wait_s = startup_wait_s
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------ actors
+    def _spawn(self, index: int) -> ActorSlot:
+        handle = self.actor_class.remote(self.spec, self.cpus_per_actor, self.reporter)
+        slot = ActorSlot(index=index, handle=handle, ready_ref=handle.info.remote())
+        self.slots.append(slot)
+        return slot
+
+    def _retire(self, slot: ActorSlot, replace: bool) -> None:
+        slot.dead = True
+        slot.retired_at = time.perf_counter()
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:
+            pass
+        if replace and self.queue_or_busy():
+            self._spawn(slot.index)
+
+    def live_slots(self) -> list[ActorSlot]:
+        return [s for s in self.slots if not s.dead]
+
+    def queue_or_busy(self) -> bool:
+        return bool(self.queue) or bool(self.in_flight)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> ScheduleOutcome:
+        for i in range(self.num_actors):
+            self._spawn(i)
+        try:
+            while self.queue or self.in_flight:
+                self._dispatch()
+                if not self.live_slots():
+                    self._give_up("no tokenizer actor could start: " + "; ".join(self.startup_failures[-3:]))
+                    break
+                waiting = {s.ready_ref: s for s in self.live_slots() if s.info is None}
+                refs = list(self.in_flight) + list(waiting)
+                done, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+                for ref in done:
+                    if ref in waiting:
+                        self._on_ready(waiting[ref])
+                    else:
+                        self._on_result(ref)
+                self.on_progress(len(self.outcome.results), len(self.outcome.failed))
+        finally:
+            for slot in self.live_slots():
+                self._retire(slot, replace=False)
+        self.outcome.slots = self.slots
+        self.outcome.startup_errors = list(self.startup_failures)
+        return self.outcome
+
+    def _dispatch(self) -> None:
+        if time.perf_counter() - self.started < self.startup_wait_s and \
+                any(s.info is None for s in self.live_slots()):
+            return  # still waiting for the whole pool (--startup-wait-s)
+        for slot in self.live_slots():
+            if not self.queue:
+                return
+            if slot.info is not None and not slot.busy:
+                shard = self.queue.popleft()
+                ref = slot.handle.process.remote(shard, self.attempts[shard.name])
+                slot.busy = True
+                self.in_flight[ref] = (slot, shard, time.perf_counter())
+
+    def _on_ready(self, slot: ActorSlot) -> None:
+        try:
+            slot.info = ray.get(slot.ready_ref)
+            slot.ready_at = time.perf_counter()
+        except RayError as e:
+            self.startup_failures.append(_short(e))
+            self.outcome.actor_deaths += 1
+            # An actor that cannot even start is replaced while others can; a systematic
+            # failure (bad checkpoint on every node) stops after a few tries.
+            self._retire(slot, replace=len(self.startup_failures) < 2 * self.num_actors)
+            return
+        if slot.info.get("fingerprint") != self.spec.tokenizer_fingerprint:
+            self._retire(slot, replace=False)
+            raise RuntimeError(f"actor on {slot.info.get('host')} built a different tokenizer (fingerprint "
+                               f"{slot.info.get('fingerprint')} vs {self.spec.tokenizer_fingerprint} on the driver): "
+                               "are the checkpoint files or library versions the same on every node?")
+
+    def _on_result(self, ref: Any) -> None:
+        slot, shard, started = self.in_flight.pop(ref)
+        slot.busy = False
+        slot.busy_s += time.perf_counter() - started
+        actor_died = False
+        try:
+            result: ShardResult = ray.get(ref, timeout=60)
+        except (RayActorError, GetTimeoutError) as e:
+            actor_died = True
+            result = ShardResult(shard=shard.name, ok=False, error=f"actor died mid-shard: {_short(e)}")
+        except RayError as e:
+            result = ShardResult(shard=shard.name, ok=False, error=_short(e))
+        self._account(slot, shard, result)
+        if actor_died:
+            self.outcome.actor_deaths += 1
+            self._retire(slot, replace=True)  # after the shard is back in the queue
+
+    def _account(self, slot: ActorSlot, shard: Shard, result: ShardResult) -> None:
+        if result.ok:
+            slot.shards += 1
+            slot.images += result.images_ok
+            self.outcome.results[shard.name] = result
+            return
+        self.outcome.attempts_failed += 1
+        self.attempts[shard.name] += 1
+        self.errors[shard.name].append(result.error or "unknown error")
+        if self.attempts[shard.name] > self.max_retries:
+            self.outcome.failed[shard.name] = (f"{self.attempts[shard.name]} attempts failed; last: "
+                                               f"{self.errors[shard.name][-1]}")
+        else:
+            self.queue.appendleft(shard)
+
+    def _give_up(self, reason: str) -> None:
+        while self.queue:
+            self.outcome.failed[self.queue.popleft().name] = reason
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]

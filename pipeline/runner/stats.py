@@ -1,0 +1,72 @@
+"""OUT/_stats.json: job-level totals over every committed shard of the job (this run and earlier
+ones), codebook usage and perplexity per shard and merged, and this run's throughput and
+per-actor utilisation. Durations live here and in manifests, never in the data files."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.runner.scheduler import ScheduleOutcome
+from pipeline.sinks.manifest import histogram_from_summary, perplexity
+from pipeline.sources.listing import Shard
+
+
+def build_stats(shards: list[Shard], manifests: dict[str, dict[str, Any]], fingerprint: str,
+                outcome: ScheduleOutcome | None, wall_s: float, skipped: int) -> dict[str, Any]:
+    committed = {s.name: manifests[s.name] for s in shards
+                 if s.name in manifests and manifests[s.name].get("fingerprint") == fingerprint}
+    status_counts: dict[str, int] = {}
+    merged: np.ndarray | None = None
+    per_shard = {}
+    for name, m in committed.items():
+        for status, n in m.get("status_counts", {}).items():
+            status_counts[status] = status_counts.get(status, 0) + n
+        hist = histogram_from_summary(m.get("codebook"))
+        if hist is not None:
+            merged = hist.copy() if merged is None else merged + hist
+        cb = m.get("codebook") or {}
+        per_shard[name] = {"rows": m.get("rows"), "samples": m.get("samples"), "ok": m.get("ok"),
+                           "failed": m.get("failed"), "bytes": m.get("bytes"), "duration_s": m.get("duration_s"),
+                           "used_codes": cb.get("used_codes"), "perplexity": cb.get("perplexity")}
+    ok = status_counts.get("ok", 0)
+    samples = sum(status_counts.values())
+    outcome = outcome or ScheduleOutcome()
+    images = sum(r.images_ok for r in outcome.results.values())
+    per_actor = []
+    now = time.perf_counter()
+    for slot in outcome.slots:
+        if slot.info is None:
+            continue
+        alive_s = max((slot.retired_at or now) - (slot.ready_at or now), 1e-9)
+        per_actor.append({"pid": slot.info.get("pid"), "host": slot.info.get("host"),
+                          "node": slot.info.get("node"), "device": slot.info.get("device"),
+                          "shards": slot.shards, "images": slot.images, "busy_s": round(slot.busy_s, 3),
+                          "utilisation": round(min(1.0, slot.busy_s / alive_s), 3)})
+    stats: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "shards": len(shards),
+        "totals": {"shards_committed": len(committed), "samples": samples, "ok": ok, "failed": samples - ok,
+                   "rows": sum(m.get("rows", 0) for m in committed.values()),
+                   "bytes": sum(m.get("bytes", 0) for m in committed.values()),
+                   "status_counts": dict(sorted(status_counts.items()))},
+        "failed_shards": dict(sorted(outcome.failed.items())),
+        "missing_shards": sorted(s.name for s in shards if s.name not in committed and s.name not in outcome.failed),
+        "this_run": {"wall_s": round(wall_s, 3), "images": images,
+                     "images_per_s": round(images / wall_s, 3) if wall_s > 0 else 0.0,
+                     "shards_committed": len(outcome.results), "shards_skipped": skipped,
+                     "shard_attempts_failed": outcome.attempts_failed, "actor_deaths": outcome.actor_deaths,
+                     "actors": len(per_actor), "per_actor": per_actor,
+                     "actors_never_ready": sum(1 for s in outcome.slots if s.info is None),
+                     "actor_startup_errors": outcome.startup_errors[-5:]},
+        "per_shard": per_shard,
+        "codebook": None,
+    }
+    if merged is not None:
+        stats["codebook"] = {"vocab_size": int(merged.size), "tokens": int(merged.sum()),
+                             "used_codes": int((merged > 0).sum()),
+                             "usage": float((merged > 0).sum() / max(1, merged.size)),
+                             "perplexity": perplexity(merged)}
+    return stats

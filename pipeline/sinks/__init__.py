@@ -1,0 +1,1 @@
+"""Where tokens go: the Parquet schema and writer, the per-shard manifest commit, and verify."""

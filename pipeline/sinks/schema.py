@@ -1,0 +1,120 @@
+"""The token Parquet schema: the contract between the tokenize job and everything that reads tokens.
+
+One row per sample (and per augmentation variant of an ok sample, with `--variants`):
+
+  key string            the sample's WebDataset key (dots kept)
+  shard string          the input shard's name (basename without .tar)
+  label int32           the .cls member, null when absent
+  status string         "ok" or an error kind (see pipeline.sources.decode / tar_stream)
+  error string          null when ok
+  height, width int32   the original (EXIF-upright) image size; null when it could not be decoded
+  height_padded, width_padded int32   the canvas that was encoded (after crop/resize/padding)
+  tokens list<uint16>   all scales flattened small -> large, row-major inside a scale; grouped
+                        codes keep a position's G codes adjacent; list<int32> when vocab > 65536
+  scale_shapes list<int32>  [h0, w0, h1, w1, ...] of the grids `tokens` concatenates
+  meta string           the .json member's text, null when absent
+  variant string        only with --variants: "orig", "hflip", ... (every sample has one "orig" row)
+Failed rows have empty `tokens` and `scale_shapes`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+UINT16_VOCAB_LIMIT = 65536
+METADATA_PREFIX = "scaletok."
+ORIGINAL_VARIANT = "orig"
+
+
+@dataclass
+class TokenRow:
+    key: str
+    shard: str
+    status: str = "ok"
+    error: str | None = None
+    label: int | None = None
+    height: int | None = None
+    width: int | None = None
+    height_padded: int | None = None
+    width_padded: int | None = None
+    tokens: np.ndarray | None = None
+    scale_shapes: list[int] = field(default_factory=list)
+    meta: str | None = None
+    variant: str = ORIGINAL_VARIANT
+
+
+def token_dtype(vocab_size: int) -> pa.DataType:
+    return pa.uint16() if 0 < vocab_size <= UINT16_VOCAB_LIMIT else pa.int32()
+
+
+def token_schema(vocab_size: int, with_variant: bool = False, metadata: dict[str, Any] | None = None) -> pa.Schema:
+    fields = [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("label", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height_padded", pa.int32()),
+        pa.field("width_padded", pa.int32()),
+        pa.field("tokens", pa.list_(token_dtype(vocab_size))),
+        pa.field("scale_shapes", pa.list_(pa.int32())),
+        pa.field("meta", pa.string()),
+    ]
+    if with_variant:
+        fields.append(pa.field("variant", pa.string(), nullable=False))
+    return pa.schema(fields, metadata=encode_metadata(metadata or {}))
+
+
+def encode_metadata(values: dict[str, Any]) -> dict[bytes, bytes]:
+    """{'tokenizer': 'var-vqvae'} -> {b'scaletok.tokenizer': b'"var-vqvae"'}; values are JSON."""
+    return {(METADATA_PREFIX + k).encode(): json.dumps(v, sort_keys=True, separators=(",", ":")).encode()
+            for k, v in sorted(values.items())}
+
+
+def decode_metadata(schema: pa.Schema) -> dict[str, Any]:
+    out = {}
+    for k, v in (schema.metadata or {}).items():
+        name = k.decode()
+        if name.startswith(METADATA_PREFIX):
+            out[name[len(METADATA_PREFIX):]] = json.loads(v.decode())
+    return out
+
+
+def build_table(rows: Sequence[TokenRow], schema: pa.Schema) -> pa.Table:
+    """Rows in the order given (the tar order) -> an Arrow table with `schema`."""
+    tok_type = schema.field("tokens").type.value_type
+    columns: dict[str, pa.Array] = {
+        "key": pa.array([r.key for r in rows], pa.string()),
+        "shard": pa.array([r.shard for r in rows], pa.string()),
+        "label": pa.array([r.label for r in rows], pa.int32()),
+        "status": pa.array([r.status for r in rows], pa.string()),
+        "error": pa.array([r.error for r in rows], pa.string()),
+        "height": pa.array([r.height for r in rows], pa.int32()),
+        "width": pa.array([r.width for r in rows], pa.int32()),
+        "height_padded": pa.array([r.height_padded for r in rows], pa.int32()),
+        "width_padded": pa.array([r.width_padded for r in rows], pa.int32()),
+        "tokens": _list_array([r.tokens if r.tokens is not None else np.zeros(0) for r in rows], tok_type),
+        "scale_shapes": _list_array([np.asarray(r.scale_shapes) for r in rows], pa.int32()),
+        "meta": pa.array([r.meta for r in rows], pa.string()),
+    }
+    if "variant" in schema.names:
+        columns["variant"] = pa.array([r.variant for r in rows], pa.string())
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _list_array(values: Sequence[np.ndarray], value_type: pa.DataType) -> pa.Array:
+    """One list per row, built from offsets + one flat buffer (no per-element Python objects)."""
+    np_type = value_type.to_pandas_dtype()
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate([np.asarray(v, dtype=np_type).ravel() for v in values]) if values else np.zeros(0, np_type)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat.astype(np_type, copy=False), value_type))

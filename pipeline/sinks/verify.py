@@ -1,0 +1,131 @@
+"""`scaletok verify OUT --input PATTERN`: recount every shard against its input tar.
+
+Problems reported (any one makes the exit code non-zero):
+  missing    an input shard with no committed manifest (or a manifest whose data file is gone)
+  partial    a data file without manifest (interrupted commit), a data file whose checksum or
+             row count differs from its manifest, or whose original rows do not match the
+             samples of the input tar (count and keys, in order)
+  stale      a manifest from a different job fingerprint than OUT/_job.json
+  orphan     a data file or manifest that belongs to no input shard
+  duplicate  a key+variant appearing in more than one `ok` row of a shard
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pyarrow.parquet as pq
+
+from pipeline.sinks.manifest import read_all_manifests
+from pipeline.sinks.schema import ORIGINAL_VARIANT
+from pipeline.sinks.writer import OutputLayout
+from pipeline.sources.listing import expand_shards
+from pipeline.sources.tar_stream import UnreadableShard, count_samples
+
+PROBLEM_KINDS = ("missing", "partial", "stale", "orphan", "duplicate")
+
+
+@dataclass
+class VerifyReport:
+    shards: int = 0
+    ok: list[str] = field(default_factory=list)
+    problems: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in PROBLEM_KINDS})
+
+    def add(self, kind: str, message: str) -> None:
+        self.problems[kind].append(message)
+
+    @property
+    def clean(self) -> bool:
+        return not any(self.problems.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shards": self.shards, "ok": len(self.ok), "problems": self.problems, "clean": self.clean}
+
+    def format(self) -> str:
+        lines = [f"{len(self.ok)}/{self.shards} shards verified"]
+        for kind in PROBLEM_KINDS:
+            for message in self.problems[kind]:
+                lines.append(f"{kind.upper():9s} {message}")
+        lines.append("clean" if self.clean else
+                     "NOT clean: " + ", ".join(f"{len(v)} {k}" for k, v in self.problems.items() if v))
+        return "\n".join(lines)
+
+
+def verify_output(output: str, inputs: Iterable[str], storage_options: dict[str, Any] | None = None,
+                  check_tars: bool = True) -> VerifyReport:
+    layout = OutputLayout(output, storage_options)
+    shards = expand_shards(list(inputs), storage_options)
+    report = VerifyReport(shards=len(shards))
+    job_path = layout.join("_job.json")
+    if not layout.exists(job_path):
+        for shard in shards:
+            report.add("missing", f"{shard.name}: {output} has no _job.json (not a tokenize output?)")
+        return report
+    fingerprint = json.loads(layout.read_bytes(job_path))["fingerprint"]
+    manifests = read_all_manifests(layout)
+    data_files = {p.rsplit("/", 1)[-1][: -len(".parquet")] for p in layout.list_dir(layout.tokens_dir, ".parquet")}
+    names = {s.name for s in shards}
+    for name in sorted(data_files - names):
+        report.add("orphan", f"tokens/{name}.parquet belongs to no input shard")
+    for name in sorted(set(manifests) - names):
+        report.add("orphan", f"_manifest/{name}.json belongs to no input shard")
+    for shard in shards:
+        problems_before = sum(len(v) for v in report.problems.values())
+        _verify_shard(layout, shard, manifests.get(shard.name), shard.name in data_files, fingerprint,
+                      report, storage_options, check_tars)
+        if sum(len(v) for v in report.problems.values()) == problems_before:
+            report.ok.append(shard.name)
+    return report
+
+
+def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, has_data: bool,
+                  fingerprint: str, report: VerifyReport, storage_options, check_tars: bool) -> None:
+    name = shard.name
+    if manifest is None:
+        if has_data:
+            report.add("partial", f"{name}: data file without manifest (commit interrupted; rerun the job)")
+        else:
+            report.add("missing", f"{name}: not committed")
+        return
+    if manifest.get("fingerprint") != fingerprint:
+        report.add("stale", f"{name}: manifest fingerprint {manifest.get('fingerprint')} is not the job's {fingerprint}")
+        return
+    if not has_data:
+        report.add("missing", f"{name}: manifest present but tokens/{name}.parquet is gone")
+        return
+    data = layout.read_bytes(layout.data_path(name))
+    if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+        report.add("partial", f"{name}: data file checksum differs from its manifest")
+        return
+    table = pq.read_table(io.BytesIO(data), columns=None)
+    if table.num_rows != manifest.get("rows"):
+        report.add("partial", f"{name}: {table.num_rows} rows, manifest says {manifest.get('rows')}")
+        return
+    keys = table.column("key").to_pylist()
+    statuses = table.column("status").to_pylist()
+    variants = table.column("variant").to_pylist() if "variant" in table.column_names else [ORIGINAL_VARIANT] * len(keys)
+    original_keys = [k for k, v in zip(keys, variants) if v == ORIGINAL_VARIANT]
+    seen: set[tuple[str, str]] = set()
+    dups = set()
+    for k, s, v in zip(keys, statuses, variants):
+        if s == "ok":
+            if (k, v) in seen:
+                dups.add(k)
+            seen.add((k, v))
+    if dups:
+        report.add("duplicate", f"{name}: keys with more than one ok row: {sorted(dups)[:5]}")
+    if not check_tars:
+        return
+    try:
+        count, tar_keys = count_samples(shard.url, storage_options)
+    except (UnreadableShard, OSError) as e:
+        report.add("partial", f"{name}: cannot recount the input tar: {e}")
+        return
+    if count != len(original_keys):
+        report.add("partial", f"{name}: {len(original_keys)} sample rows but the input tar has {count} samples")
+    elif tar_keys != original_keys:
+        report.add("partial", f"{name}: sample keys differ from the input tar's (order or names)")

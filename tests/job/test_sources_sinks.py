@@ -1,0 +1,149 @@
+"""Sources and sinks without Ray: shard listing, tar streaming on damaged tars, decode statuses,
+the Parquet schema and its determinism, the local commit protocol, verify's problem kinds."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.sinks.manifest import CommitConflict, commit_shard, read_all_manifests
+from pipeline.sinks.schema import TokenRow, build_table, decode_metadata, token_schema
+from pipeline.sinks.writer import OutputLayout, parquet_bytes
+from pipeline.sources.decode import decode_sample
+from pipeline.sources.listing import expand_shards, shard_name
+from pipeline.sources.tar_stream import UnreadableShard, count_samples, iter_samples, split_key
+from tests.job.corpus import EXPECTED, good_members, write_tar
+
+
+def test_listing_patterns(tmp_path):
+    for i in range(4):
+        write_tar(tmp_path / f"train-{i:06d}.tar", good_members("k", 1))
+    braced = expand_shards(str(tmp_path / "train-{000000..000002}.tar"))
+    assert [s.name for s in braced] == ["train-000000", "train-000001", "train-000002"]
+    globbed = expand_shards([str(tmp_path / "train-*.tar")])
+    assert [s.name for s in globbed] == [f"train-{i:06d}" for i in range(4)]
+    joined = expand_shards(f"file://{tmp_path}/train-000003.tar::{tmp_path}/train-00000[01].tar")
+    assert [s.name for s in joined] == ["train-000003", "train-000000", "train-000001"]
+    assert all(os.path.isabs(s.url) for s in joined)
+    again = expand_shards([str(tmp_path / "train-000000.tar"), str(tmp_path / "train-00000[0].tar")])
+    assert len(again) == 1  # listed once
+    (tmp_path / "other").mkdir()
+    write_tar(tmp_path / "other" / "train-000000.tar", good_members("k", 1))
+    with pytest.raises(ValueError, match="share the name"):
+        expand_shards([str(tmp_path / "train-000000.tar"), str(tmp_path / "other" / "train-000000.tar")])
+    with pytest.raises(ValueError, match="matched no files"):
+        expand_shards(str(tmp_path / "nothing-*.tar"))
+    assert shard_name("s3://b/x/train-000001.tar.gz") == "train-000001"
+
+
+def test_split_key_keeps_dots():
+    assert split_key("a/b.c/n01440764_1.JPEG.jpg") == ("a/b.c/n01440764_1.JPEG", "jpg")
+    assert split_key("plain") == ("plain", "")
+    assert split_key("dir.v2/.hidden") == ("dir.v2/.hidden", "")
+
+
+def test_bad_inputs_at_the_reader(bad_shards):
+    for name, expected in EXPECTED.items():
+        got = [(d.key, d.status) for d in map(decode_sample, iter_samples(bad_shards[name]))]
+        if name == "bad-corrupt":
+            assert got[0] == expected[0] and got[1][1] == "corrupt_tar"
+        else:
+            assert got == expected, name
+        assert count_samples(bad_shards[name])[0] == len(expected)  # verify's recount agrees
+    with pytest.raises(UnreadableShard, match="not a readable tar"):
+        list(iter_samples(bad_shards["bad-notatar"]))
+    with pytest.raises(UnreadableShard, match="cannot open"):
+        list(iter_samples(bad_shards["bad-notatar"] + ".missing"))
+
+
+def test_truncation_at_member_boundary_and_gzip(tmp_path):
+    data = open(write_tar(tmp_path / "ok.tar", good_members("a", 2)), "rb").read()
+    import tarfile
+
+    with tarfile.open(tmp_path / "ok.tar") as tar:
+        second = tar.getmembers()[3]  # a0001.jpg header
+    (tmp_path / "cut.tar").write_bytes(data[: second.offset])  # ends exactly between samples
+    got = [(s.key, s.status) for s in iter_samples(str(tmp_path / "cut.tar"))]
+    assert got[0] == ("a0000", None) and got[-1][1] == "truncated_tar"
+    import gzip
+
+    packed = gzip.compress(data)
+    (tmp_path / "z.tar.gz").write_bytes(packed[: len(packed) * 3 // 4])  # cut inside the last sample
+    got = [(s.key, s.status) for s in iter_samples(str(tmp_path / "z.tar.gz"))]
+    assert got[-1][1] == "truncated_tar" and ("a0000", None) in got
+
+
+def test_member_size_limit(tmp_path):
+    path = write_tar(tmp_path / "big.tar", good_members("a", 1))
+    [sample] = list(iter_samples(path, max_member_bytes=100))
+    assert decode_sample(sample).status == "too_large"
+
+
+def _rows(n: int, vocab: int) -> list[TokenRow]:
+    rng = np.random.default_rng(0)
+    rows = [TokenRow(key=f"k{i}", shard="s", label=i, height=10, width=12, height_padded=16, width_padded=16,
+                     tokens=rng.integers(0, vocab, 30), scale_shapes=[1, 1, 2, 2, 3, 3, 4, 4]) for i in range(n)]
+    rows.append(TokenRow(key="bad", shard="s", status="decode_error", error="boom"))
+    return rows
+
+
+def test_schema_types_and_deterministic_bytes():
+    schema = token_schema(256, metadata={"tokenizer": "t", "patch_nums": [1, 2]})
+    a = parquet_bytes(build_table(_rows(50, 256), schema), row_group_rows=16)
+    b = parquet_bytes(build_table(_rows(50, 256), schema), row_group_rows=16)
+    assert a == b
+    pf = pq.ParquetFile(io.BytesIO(a))
+    assert pf.metadata.num_row_groups == 4
+    table = pf.read()
+    assert str(table.schema.field("tokens").type) == "list<element: uint16>"
+    assert decode_metadata(table.schema) == {"tokenizer": "t", "patch_nums": [1, 2]}
+    last = table.slice(50).to_pylist()[0]
+    assert last["tokens"] == [] and last["scale_shapes"] == [] and last["label"] is None
+    big = build_table(_rows(2, 100_000), token_schema(100_000))
+    assert big.schema.field("tokens").type.value_type == pa.int32()
+
+
+def test_local_commit_is_exactly_once(tmp_path):
+    layout = OutputLayout(str(tmp_path / "out"))
+    layout.makedirs()
+    manifest = {"fingerprint": "f", "sha256": "s"}
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(commit_shard(layout, "x", b"same", manifest)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert read_all_manifests(layout) == {"x": manifest}
+    assert os.listdir(layout.tmp_dir) == []
+    with pytest.raises(CommitConflict, match="another job"):
+        commit_shard(layout, "x", b"same", {"fingerprint": "g", "sha256": "s"})
+
+
+def test_verify_reports_each_problem_kind(ray_cluster, corpus_pattern, tmp_path):
+    from pipeline.runner.job import run_tokenize
+    from pipeline.sinks.verify import verify_output
+    from tests.job.conftest import tiny_config
+
+    out = tmp_path / "out"
+    assert run_tokenize(tiny_config([corpus_pattern], out, num_actors=1)) == 0
+    assert verify_output(str(out), [corpus_pattern]).clean
+    (out / "tokens" / "stray.parquet").write_bytes((out / "tokens" / "sample-000000.parquet").read_bytes())
+    data = out / "tokens" / "sample-000001.parquet"
+    data.write_bytes(data.read_bytes()[:-100] + b"\0" * 100)
+    manifest = json.loads((out / "_manifest" / "sample-000002.json").read_text())
+    manifest["fingerprint"] = "0" * 32
+    (out / "_manifest" / "sample-000002.json").write_text(json.dumps(manifest))
+    report = verify_output(str(out), [corpus_pattern])
+    assert not report.clean
+    assert report.problems["orphan"] == ["tokens/stray.parquet belongs to no input shard"]
+    assert report.problems["partial"] == ["sample-000001: data file checksum differs from its manifest"]
+    assert report.problems["stale"] and report.ok == ["sample-000000"]
