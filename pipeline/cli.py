@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample-corpus": ("jobs.sample_corpus", "write the bundled sample corpus as WebDataset shards"),
     "demo": ("jobs.demo", "run the main job end to end on the bundled sample corpus"),
     "encode": ("jobs.encode", "encode images with a tokenizer and save per-scale reconstructions"),
+    "tokenize": ("jobs.tokenize", "tokenize WebDataset shards into token Parquet on a Ray cluster"),
+    "verify": ("jobs.verify", "recount a tokenize output against its input tars; non-zero on any problem"),
 }
 
 
