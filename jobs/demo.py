@@ -1,21 +1,30 @@
 """`scaletok demo` / `make demo`: the main job end to end on the bundled sample corpus.
 
 Steps: write the sample corpus (real photos from scikit-image) as WebDataset shards, tokenize it
-with the embedded default tokenizer, and save a picture of the reconstructions at every scale.
+with the tokenize job on a local Ray (the same code path as a cluster run), check the output with
+`verify`, and save a picture of the stored tokens decoded at every scale.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import io
+import json
 import os
 import sys
 import tarfile
 
+import pyarrow.parquet as pq
+import torch
 from PIL import Image
 
+from pipeline.runner.config import TokenizeConfig
+from pipeline.runner.job import run_tokenize
+from pipeline.sinks.reader import ok_rows, read_metadata, row_tokens
+from pipeline.sinks.verify import verify_output
 from pipeline.sources.sample_corpus import write_sample_corpus
-from pipeline.tokenizers import load_tokenizer
+from pipeline.tokenizers import MultiScaleTokens, load_tokenizer
 from pipeline.viz import scale_grid, to_uint8
 
 # Until a trained default ships, the demo tokenizer is a small VAR VQ-VAE with seeded weights.
@@ -27,29 +36,64 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-shards", type=int, default=4)
     p.add_argument("--samples-per-shard", type=int, default=16)
     p.add_argument("--max-side", type=int, default=384, help="longest side of the corpus images")
+    p.add_argument("--num-actors", type=int, default=1)
 
 
-def first_images(shard: str, count: int) -> list[Image.Image]:
-    images = []
+def tokenize_corpus(args: argparse.Namespace, shards: list[str]) -> str:
+    config_path = os.path.join(args.out, "tokenizer_config.json")
+    with open(config_path, "w") as f:
+        json.dump(DEMO_TOKENIZER["config"], f)
+    output = os.path.join(args.out, "tokens")
+    cfg = TokenizeConfig(input=shards, output=output, tokenizer=DEMO_TOKENIZER["name"],
+                         tokenizer_config=config_path, num_actors=args.num_actors, cpus_per_actor=0.5,
+                         batch_size=8, overwrite=True)
+    code = run_tokenize(cfg)
+    if code != 0:
+        raise SystemExit(f"tokenize job failed (exit {code})")
+    report = verify_output(output, shards)
+    if not report.clean:
+        raise SystemExit(f"verify found problems:\n{report.format()}")
+    return output
+
+
+def shard_images(shard: str, keys: list[str]) -> list[Image.Image]:
+    """The image members of `keys` from a local tar, in the order of `keys`."""
+    found: dict[str, Image.Image] = {}
     with tarfile.open(shard) as tar:
         for member in tar:
-            if member.name.endswith((".jpg", ".png")) and len(images) < count:
-                images.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
-    return images
+            key, _, ext = member.name.rpartition(".")
+            if key in keys and ext in ("jpg", "png"):
+                found[key] = Image.open(io.BytesIO(tar.extractfile(member).read()))
+    return [found[k] for k in keys]
+
+
+def picture_of_stored_tokens(output: str, shard: str, path: str, count: int = 4) -> None:
+    """Input images next to their stored tokens decoded after each scale."""
+    files = sorted(glob.glob(os.path.join(output, "tokens", "*.parquet")))
+    meta = read_metadata(files[0])
+    tok = load_tokenizer(meta["tokenizer"], config=meta["tokenizer_config"])
+    if tok.fingerprint() != meta["fingerprint"]:
+        raise SystemExit("the demo tokenizer does not match the stored tokens' fingerprint")
+    table = ok_rows(pq.read_table(files[0])).slice(0, count)
+    batch = [row_tokens(table, i, tuple(meta["patch_nums"])) for i in range(table.num_rows)]
+    tokens = MultiScaleTokens(grids=[torch.cat(g) for g in zip(*(t.grids for t in batch))],
+                              patch_nums=batch[0].patch_nums)
+    originals = to_uint8(tok.preprocess(shard_images(shard, table["key"].to_pylist())))
+    per_scale = [to_uint8(tok.decode(tokens, upto=k)) for k in range(1, len(tokens.grids) + 1)]
+    scale_grid(originals, per_scale, [f"{h}x{w}" for h, w in tokens.scale_shapes]).save(path)
 
 
 def run(args: argparse.Namespace) -> int:
+    os.makedirs(args.out, exist_ok=True)
     corpus = os.path.join(args.out, "corpus")
     shards = write_sample_corpus(corpus, num_shards=args.num_shards, samples_per_shard=args.samples_per_shard,
                                  max_side=args.max_side)
-    print(f"[1/2] sample corpus: {len(shards)} shards in {corpus}")
-    tok = load_tokenizer(DEMO_TOKENIZER["name"], config=DEMO_TOKENIZER["config"])
-    x = tok.preprocess(first_images(shards[0], 4))
-    tokens = tok.encode(x)
-    per_scale = [to_uint8(tok.decode(tokens, upto=k)) for k in range(1, len(tokens.grids) + 1)]
+    print(f"[1/3] sample corpus: {len(shards)} shards in {corpus}")
+    output = tokenize_corpus(args, shards)
+    print(f"[2/3] tokenized into {output} (verify: clean)")
     path = os.path.join(args.out, "scales.png")
-    scale_grid(to_uint8(x), per_scale, [f"{h}x{w}" for h, w in tokens.scale_shapes]).save(path)
-    print(f"[2/2] encoded {x.shape[0]} images into {tokens.num_tokens} tokens each; reconstructions per scale: {path}")
+    picture_of_stored_tokens(output, shards[0], path)
+    print(f"[3/3] stored tokens decoded at every scale: {path}")
     return 0
 
 

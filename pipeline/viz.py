@@ -17,7 +17,7 @@ def to_uint8(images: torch.Tensor, input_range: tuple[float, float] = (-1.0, 1.0
 
 
 def scale_grid(originals: np.ndarray, per_scale: Sequence[np.ndarray], labels: Sequence[str],
-               cell: int = 128) -> Image.Image:
+               cell: int = 128, first_label: str = "input") -> Image.Image:
     """One row per image: the original, then its reconstruction after each scale.
 
     originals: (B, H, W, 3) uint8; per_scale: one (B, H, W, 3) uint8 array per column."""
@@ -25,7 +25,7 @@ def scale_grid(originals: np.ndarray, per_scale: Sequence[np.ndarray], labels: S
     pad, head = 4, 16
     grid = Image.new("RGB", (cols * (cell + pad) + pad, len(originals) * (cell + pad) + pad + head), "white")
     draw = ImageDraw.Draw(grid)
-    for c, text in enumerate(["input", *labels]):
+    for c, text in enumerate([first_label, *labels]):
         draw.text((pad + c * (cell + pad), 2), text, fill="black")
     for r, row in enumerate(zip(originals, *per_scale)):
         for c, img in enumerate(row):
