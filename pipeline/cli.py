@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("jobs.encode", "encode images with a tokenizer and save per-scale reconstructions"),
     "tokenize": ("jobs.tokenize", "tokenize WebDataset shards into token Parquet on a Ray cluster"),
     "verify": ("jobs.verify", "recount a tokenize output against its input tars; non-zero on any problem"),
+    "train": ("jobs.train_var", "train a VAR transformer on token Parquet with Ray Train (resumable)"),
+    "sample": ("jobs.sample", "sample class-conditional images from a VAR checkpoint into a PNG grid"),
 }
 
 

@@ -38,7 +38,8 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address=RAY_NODE_IP,
+        # address="local": never attach to another Ray on this machine (ray_current_cluster)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address=RAY_NODE_IP,
                  logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
