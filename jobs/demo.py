@@ -2,7 +2,8 @@
 
 Steps: write the sample corpus (real photos from scikit-image) as WebDataset shards, tokenize it
 with the tokenize job on a local Ray (the same code path as a cluster run), check the output with
-`verify`, and save a picture of the stored tokens decoded at every scale.
+`verify`, save a picture of the stored tokens decoded at every scale, train a small VAR on the
+tokens with Ray Train for a few steps and sample class-conditional images from it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-per-shard", type=int, default=16)
     p.add_argument("--max-side", type=int, default=384, help="longest side of the corpus images")
     p.add_argument("--num-actors", type=int, default=1)
+    p.add_argument("--train-steps", type=int, default=20, help="VAR training steps (0 skips training)")
 
 
 def tokenize_corpus(args: argparse.Namespace, shards: list[str]) -> str:
@@ -83,17 +85,39 @@ def picture_of_stored_tokens(output: str, shard: str, path: str, count: int = 4)
     scale_grid(originals, per_scale, [f"{h}x{w}" for h, w in tokens.scale_shapes]).save(path)
 
 
+def train_and_sample(args: argparse.Namespace, tokens: str) -> tuple[str, str]:
+    from jobs.sample import main as sample_main
+    from pipeline.var.train import fit
+    from pipeline.var.train_config import TrainConfig
+
+    result = fit(TrainConfig(tokens=tokens, depth=2, var_config={"embed_dim": 64, "num_heads": 2}, batch_size=8,
+                             max_steps=args.train_steps, lr=3e-3, num_workers=1,
+                             storage_path=os.path.abspath(os.path.join(args.out, "runs")), name="demo",
+                             ckpt_every=max(1, args.train_steps // 2), log_every=1))
+    samples = os.path.join(args.out, "samples.png")
+    code = sample_main(["--checkpoint", result.run_dir, "--classes", "0,1,2", "--per-class", "4",
+                        "--top-k", "100", "--out", samples])
+    if code != 0:
+        raise SystemExit(f"sampling failed (exit {code})")
+    return result.run_dir, samples
+
+
 def run(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     corpus = os.path.join(args.out, "corpus")
     shards = write_sample_corpus(corpus, num_shards=args.num_shards, samples_per_shard=args.samples_per_shard,
                                  max_side=args.max_side)
-    print(f"[1/3] sample corpus: {len(shards)} shards in {corpus}")
+    steps = 5 if args.train_steps else 3
+    print(f"[1/{steps}] sample corpus: {len(shards)} shards in {corpus}")
     output = tokenize_corpus(args, shards)
-    print(f"[2/3] tokenized into {output} (verify: clean)")
+    print(f"[2/{steps}] tokenized into {output} (verify: clean)")
     path = os.path.join(args.out, "scales.png")
     picture_of_stored_tokens(output, shards[0], path)
-    print(f"[3/3] stored tokens decoded at every scale: {path}")
+    print(f"[3/{steps}] stored tokens decoded at every scale: {path}")
+    if args.train_steps:
+        run_dir, samples = train_and_sample(args, output)
+        print(f"[4/{steps}] trained a VAR for {args.train_steps} steps: {run_dir} (metrics.jsonl, metrics.png)")
+        print(f"[5/{steps}] samples: {samples}")
     return 0
 
 
