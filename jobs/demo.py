@@ -114,10 +114,15 @@ def run(args: argparse.Namespace) -> int:
     path = os.path.join(args.out, "scales.png")
     picture_of_stored_tokens(output, shards[0], path)
     print(f"[3/{steps}] stored tokens decoded at every scale: {path}")
+    run_dir = None
     if args.train_steps:
         run_dir, samples = train_and_sample(args, output)
         print(f"[4/{steps}] trained a VAR for {args.train_steps} steps: {run_dir} (metrics.jsonl, metrics.png)")
         print(f"[5/{steps}] samples: {samples}")
+    from pipeline.report import build_report
+
+    report = build_report(output, run_dir=run_dir, sample_images=0)
+    print(f"report: {report}")
     return 0
 
 

@@ -1,0 +1,183 @@
+"""Read what the tokenize job wrote (manifests, _stats.json, Parquet) into plain numbers.
+
+Nothing here draws or decodes: every function returns data the figures and the page use.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.sinks.manifest import perplexity, read_all_manifests
+from pipeline.sinks.schema import decode_metadata
+from pipeline.sinks.writer import OutputLayout
+
+
+@dataclass
+class JobOutput:
+    url: str
+    layout: OutputLayout
+    manifests: dict[str, dict[str, Any]]
+    commit_times: dict[str, float]          # shard -> epoch seconds its manifest was written
+    stats: dict[str, Any] | None
+    data_files: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)   # scaletok.* of the first data file
+
+
+@dataclass
+class ScaleUsage:
+    label: str              # "3: 4x4"
+    tokens: int
+    used_codes: int
+    vocab_size: int
+    perplexity: float
+    counts: np.ndarray      # per code
+
+    @property
+    def usage(self) -> float:
+        return self.used_codes / self.vocab_size if self.vocab_size else 0.0
+
+
+@dataclass
+class ShardSpan:
+    """One committed shard on the time axis of the actor that made it."""
+
+    shard: str
+    start: float            # seconds since the first shard started
+    end: float
+    images: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.end - self.start, 1e-9)
+
+
+def load_job_output(url: str, storage_options: dict[str, Any] | None = None) -> JobOutput:
+    layout = OutputLayout(url, storage_options or None)
+    if not layout.fs.exists(layout.manifest_dir) and not layout.fs.exists(layout.tokens_dir):
+        raise FileNotFoundError(f"{url} holds no tokenize output (no _manifest/ or tokens/)")
+    manifests = read_all_manifests(layout)
+    stats = None
+    if layout.fs.exists(layout.join("_stats.json")):
+        stats = json.loads(layout.read_bytes(layout.join("_stats.json")))
+    data_files = sorted(layout.list_dir(layout.tokens_dir, ".parquet")) if layout.fs.exists(layout.tokens_dir) else []
+    metadata = {}
+    if data_files:
+        with layout.fs.open(data_files[0], "rb") as f:
+            metadata = decode_metadata(pq.read_schema(f))
+    return JobOutput(url=url, layout=layout, manifests=manifests, commit_times=_commit_times(layout, manifests),
+                     stats=stats, data_files=data_files, metadata=metadata)
+
+
+def _commit_times(layout: OutputLayout, manifests: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """A manifest's own `committed_at` if the runner records one, else its object's mtime (the
+    manifest is created at commit, so that is the commit time)."""
+    times = {}
+    for shard, manifest in manifests.items():
+        if isinstance(manifest.get("committed_at"), (int, float)):
+            times[shard] = float(manifest["committed_at"])
+            continue
+        try:
+            modified = layout.fs.modified(layout.manifest_path(shard))
+            times[shard] = modified.timestamp()
+        except (NotImplementedError, FileNotFoundError, OSError, AttributeError):
+            pass
+    return times
+
+
+def actor_label(worker: dict[str, Any] | None) -> str:
+    if not worker:
+        return "unknown actor"
+    node = str(worker.get("node") or "")[:8]
+    return f"{worker.get('host', '?')} pid {worker.get('pid', '?')} ({worker.get('device', '?')}{', node ' + node if node else ''})"
+
+
+def throughput_spans(job: JobOutput) -> dict[str, list[ShardSpan]]:
+    """actor -> its shards on one time axis (commit time minus the shard's duration .. commit)."""
+    raw = []
+    for shard, m in job.manifests.items():
+        end = job.commit_times.get(shard)
+        if end is None or "duration_s" not in m:
+            continue
+        raw.append((actor_label(m.get("worker")), shard, end - float(m["duration_s"]), end, int(m.get("rows", 0))))
+    if not raw:
+        return {}
+    t0 = min(r[2] for r in raw)
+    spans: dict[str, list[ShardSpan]] = defaultdict(list)
+    for actor, shard, start, end, images in sorted(raw, key=lambda r: r[2]):
+        spans[actor].append(ShardSpan(shard, start - t0, end - t0, images))
+    return dict(spans)
+
+
+def failures_by_kind(job: JobOutput) -> dict[str, int]:
+    """Samples per error kind (status column), plus shards that never committed."""
+    counts: Counter[str] = Counter()
+    for m in job.manifests.values():
+        for status, n in (m.get("status_counts") or {}).items():
+            if status != "ok":
+                counts[status] += int(n)
+    failed_shards = (job.stats or {}).get("failed_shards") or {}
+    if failed_shards:
+        counts["shard failed (not committed)"] += len(failed_shards)
+    return dict(counts.most_common())
+
+
+def scale_usage(job: JobOutput, max_rows: int = 50_000) -> list[ScaleUsage]:
+    """Codebook usage and perplexity per scale from the stored tokens (the first `max_rows` ok rows).
+
+    Rows are grouped by their grid shapes so each group is one (rows, L) array sliced per scale."""
+    vocab = int(job.metadata.get("vocab_size") or 0)
+    groups = int(job.metadata.get("groups") or 1)
+    counts: dict[int, np.ndarray] = {}
+    shapes_seen: dict[int, Counter] = defaultdict(Counter)
+    rows = 0
+    for path in job.data_files:
+        if rows >= max_rows:
+            break
+        with job.layout.fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=["status", "tokens", "scale_shapes"])
+        ok = [i for i, status in enumerate(table.column("status").to_pylist()) if status == "ok"][: max_rows - rows]
+        if not ok:
+            continue
+        rows += len(ok)
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, shapes in zip(ok, table.column("scale_shapes").take(ok).to_pylist()):
+            by_shape[tuple(shapes)].append(i)
+        for shapes, idx in by_shape.items():
+            tokens = table.column("tokens").take(idx).combine_chunks().values.to_numpy().astype(np.int64)
+            tokens = tokens.reshape(len(idx), -1)
+            start = 0
+            for k, (h, w) in enumerate(zip(shapes[0::2], shapes[1::2])):
+                codes = tokens[:, start:start + h * w * groups].ravel()
+                start += h * w * groups
+                size = max(vocab, int(codes.max()) + 1 if codes.size else 0, counts[k].size if k in counts else 0)
+                hist = np.bincount(codes, minlength=size)
+                counts[k] = hist if k not in counts else np.pad(counts[k], (0, size - counts[k].size)) + hist
+                shapes_seen[k][(h, w)] += len(idx)
+    out = []
+    for k in sorted(counts):
+        (h, w), _ = shapes_seen[k].most_common(1)[0]
+        hist = counts[k]
+        out.append(ScaleUsage(label=f"{k + 1}: {h}x{w}", tokens=int(hist.sum()), used_codes=int((hist > 0).sum()),
+                              vocab_size=vocab or hist.size, perplexity=perplexity(hist), counts=hist))
+    return out
+
+
+def read_training_rows(run_dir: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The training run's metrics.jsonl rows (empty if it has none yet)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(run_dir, **dict(storage_options or {}))
+    path = posixpath.join(root, "metrics.jsonl")
+    if not fs.exists(path):
+        return []
+    rows = [json.loads(line) for line in fs.cat_file(path).decode().splitlines() if line.strip()]
+    # A resumed run appends again from its checkpoint: keep the last row of each step.
+    by_step = {r["step"]: r for r in rows if "step" in r}
+    return [by_step[s] for s in sorted(by_step)]
