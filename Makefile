@@ -9,7 +9,7 @@ STAMP := $(VENV)/.scaletok-installed
 DEMO_OUT ?= demo-out
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench default-tokenizer clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,21 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encode.py
+
+# Reproduces pipeline/assets/default_tokenizer.* (the demo's embedded default): trains a small f8
+# VAR multi-scale VQ-VAE (64 px, 155 tokens) on the offline photos with Ray Train, then exports it
+# with its held-out PSNR. About an hour on a 2-core CPU box (one intra-op thread keeps its speed
+# when other work shares the cores); rerunning resumes. Not part of demo/test.
+DEFAULT_TOK_OUT ?= out/default-tokenizer
+default-tokenizer: $(STAMP)
+	$(BIN)/scaletok train-tokenizer --photos-dir $(DEFAULT_TOK_OUT)/photos --family var-vqvae \
+	  --model-config ch=32 --model-config ch_mult=[2,2,4,4] --model-config num_res_blocks=1 \
+	  --model-config vocab_size=1024 --model-config z_channels=16 --model-config v_patch_nums=[1,2,3,4,5,6,8] \
+	  --crop-size 64 --min-scale 0.12 --batch-size 8 --max-steps 2000 --lr 2e-3 --warmup-steps 100 \
+	  --min-lr-ratio 0.05 --quant-start 700 --restart-dead-codes 100 --pixel-loss l1 --l2-weight 1.0 \
+	  --eval-crops 16 --eval-every 500 --ckpt-every 250 --log-every 25 --threads 1 --cpus-per-worker 1 \
+	  --storage-path $(DEFAULT_TOK_OUT)/runs --name default
+	$(BIN)/python -m pipeline.tokenizer_training.export_default $(DEFAULT_TOK_OUT)/runs/default --command "make default-tokenizer"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

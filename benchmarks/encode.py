@@ -2,6 +2,11 @@
 
     python benchmarks/encode.py                                   # VAR VQ-VAE, released config, 256², fp32+bf16, batch 8
     python benchmarks/encode.py --families var-vqvae --sizes 256,512 --batch-sizes 1,4,8 --channels-last --compile
+    python benchmarks/encode.py --device cuda --sizes 256,512 --batch-sizes 16,64,256 --channels-last both \\
+        --compile both --iters 10 --warmup 3                      # the full GPU sweep
+
+--channels-last and --compile take off | on | both (bare flag = on); every combination of the
+listed families, sizes, precisions, batch sizes, layouts and compile modes is run.
 
 Weights are seeded random (no download); the timed call is the full `tok.encode` (encoder +
 quantiser), on pre-made tensors. FLOPs come from torch's FlopCounterMode on one batch.
@@ -35,8 +40,8 @@ def count_flops(tok, x: torch.Tensor) -> float:
 
 
 def bench_one(family: str, size: int, precision: str, batch: int, *, channels_last: bool, compile_model: bool,
-              iters: int, warmup: int, device: str, config: dict | None) -> dict:
-    tok = load_tokenizer(family, config=config, precision=precision, device=device)
+              iters: int, warmup: int, device: str, config: dict | None, checkpoint: str | None = None) -> dict:
+    tok = load_tokenizer(family, checkpoint, config=config, precision=precision, device=device)
     if channels_last:
         tok.model.to(memory_format=torch.channels_last)
     if compile_model:
@@ -68,21 +73,41 @@ def bench_one(family: str, size: int, precision: str, batch: int, *, channels_la
     }
 
 
+def _modes(choice: str) -> list[bool]:
+    return {"off": [False], "on": [True], "both": [False, True]}[choice]
+
+
+def load_runs(families: str, config: str | None, configs_json: str | None) -> list[tuple[str, dict | None, str | None]]:
+    """(family, constructor config, checkpoint) per model to benchmark: the --configs-json list
+    ([{"name": family, "config": {...}, "checkpoint": optional}, ...]) or --families with --config."""
+    if not configs_json:
+        cfg = json.loads(config) if config else None
+        return [(family, cfg, None) for family in families.split(",")]
+    with open(configs_json) as f:
+        entries = json.load(f)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        raise SystemExit(f"--configs-json {configs_json}: expected a JSON list of {{\"name\", \"config\", \"checkpoint\"}}")
+    return [(e["name"], e.get("config"), e.get("checkpoint")) for e in entries]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="var-vqvae")
     p.add_argument("--sizes", default="256")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--batch-sizes", default="8")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", nargs="?", const="on", default="off", choices=["off", "on", "both"])
+    p.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"])
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--config", default=None, help="JSON constructor config (default: the released model)")
+    p.add_argument("--configs-json", default=None,
+                   help='JSON file: [{"name": family, "config": {...}, "checkpoint": optional}, ...] '
+                        '(replaces --families/--config)')
     p.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "encode.jsonl"))
     args = p.parse_args(argv)
-    config = json.loads(args.config) if args.config else None
+    runs = load_runs(args.families, args.config, args.configs_json)
     stamp = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
@@ -90,15 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'family':<10} {'size':>5} {'prec':>5} {'batch':>5} {'cl':>3} {'cmp':>3} {'img/s':>8} "
           f"{'s/batch':>8} {'GFLOP/img':>10} {'TFLOP/s':>8}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    for family in args.families.split(","):
+    for family, config, checkpoint in runs:
         for size in map(int, args.sizes.split(",")):
             for precision in args.precisions.split(","):
-                for batch in map(int, args.batch_sizes.split(",")):
-                    r = bench_one(family, size, precision, batch, channels_last=args.channels_last,
-                                  compile_model=args.compile, iters=args.iters, warmup=args.warmup,
-                                  device=args.device, config=config)
-                    print(f"{family:<10} {size:>5} {precision:>5} {batch:>5} {int(args.channels_last):>3} "
-                          f"{int(args.compile):>3} {r['img_per_s']:>8.3f} {r['s_per_batch']:>8.2f} "
+                for batch, channels_last, compile_model in (
+                        (b, cl, cm) for b in map(int, args.batch_sizes.split(","))
+                        for cl in _modes(args.channels_last) for cm in _modes(args.compile)):
+                    r = bench_one(family, size, precision, batch, channels_last=channels_last,
+                                  compile_model=compile_model, iters=args.iters, warmup=args.warmup,
+                                  device=args.device, config=config, checkpoint=checkpoint)
+                    print(f"{family:<10} {size:>5} {precision:>5} {batch:>5} {int(channels_last):>3} "
+                          f"{int(compile_model):>3} {r['img_per_s']:>8.3f} {r['s_per_batch']:>8.2f} "
                           f"{r['gflop_per_img']:>10.1f} {r['achieved_tflop_s']:>8.3f}", flush=True)
                     with open(args.json, "a") as f:
                         f.write(json.dumps({**stamp, **r}) + "\n")

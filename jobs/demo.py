@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import glob
 import io
-import json
 import os
 import sys
 import tarfile
@@ -28,8 +27,9 @@ from pipeline.sources.sample_corpus import write_sample_corpus
 from pipeline.tokenizers import MultiScaleTokens, load_tokenizer
 from pipeline.viz import scale_grid, to_uint8
 
-# Until a trained default ships, the demo tokenizer is a small VAR VQ-VAE with seeded weights.
-DEMO_TOKENIZER = {"name": "var-vqvae", "config": {"ch": 32, "vocab_size": 4096, "z_channels": 32}}
+# The embedded default: a small VAR multi-scale VQ-VAE trained on offline photos, shipped in
+# pipeline/assets (see `make default-tokenizer`). --tokenizer picks any other registered name.
+DEMO_TOKENIZER = "default"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,15 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-side", type=int, default=384, help="longest side of the corpus images")
     p.add_argument("--num-actors", type=int, default=1)
     p.add_argument("--train-steps", type=int, default=20, help="VAR training steps (0 skips training)")
+    p.add_argument("--tokenizer", default=DEMO_TOKENIZER, help="registered tokenizer name (default: the embedded default)")
+    p.add_argument("--tokenizer-config", default=None, help="JSON file of the tokenizer's constructor config")
+    p.add_argument("--checkpoint", default=None, help="tokenizer weights (default: the name's own)")
 
 
 def tokenize_corpus(args: argparse.Namespace, shards: list[str]) -> str:
-    config_path = os.path.join(args.out, "tokenizer_config.json")
-    with open(config_path, "w") as f:
-        json.dump(DEMO_TOKENIZER["config"], f)
     output = os.path.join(args.out, "tokens")
-    cfg = TokenizeConfig(input=shards, output=output, tokenizer=DEMO_TOKENIZER["name"],
-                         tokenizer_config=config_path, num_actors=args.num_actors, cpus_per_actor=0.5,
+    cfg = TokenizeConfig(input=shards, output=output, tokenizer=args.tokenizer, checkpoint=args.checkpoint,
+                         tokenizer_config=args.tokenizer_config, num_actors=args.num_actors, cpus_per_actor=0.5,
                          batch_size=8, overwrite=True)
     code = run_tokenize(cfg)
     if code != 0:
@@ -69,11 +69,11 @@ def shard_images(shard: str, keys: list[str]) -> list[Image.Image]:
     return [found[k] for k in keys]
 
 
-def picture_of_stored_tokens(output: str, shard: str, path: str, count: int = 4) -> None:
+def picture_of_stored_tokens(output: str, shard: str, path: str, checkpoint: str | None, count: int = 4) -> None:
     """Input images next to their stored tokens decoded after each scale."""
     files = sorted(glob.glob(os.path.join(output, "tokens", "*.parquet")))
     meta = read_metadata(files[0])
-    tok = load_tokenizer(meta["tokenizer"], config=meta["tokenizer_config"])
+    tok = load_tokenizer(meta["tokenizer"], checkpoint=checkpoint, config=meta["tokenizer_config"])
     if tok.fingerprint() != meta["fingerprint"]:
         raise SystemExit("the demo tokenizer does not match the stored tokens' fingerprint")
     table = ok_rows(pq.read_table(files[0])).slice(0, count)
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     output = tokenize_corpus(args, shards)
     print(f"[2/{steps}] tokenized into {output} (verify: clean)")
     path = os.path.join(args.out, "scales.png")
-    picture_of_stored_tokens(output, shards[0], path)
+    picture_of_stored_tokens(output, shards[0], path, args.checkpoint)
     print(f"[3/{steps}] stored tokens decoded at every scale: {path}")
     run_dir = None
     if args.train_steps:

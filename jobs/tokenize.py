@@ -38,6 +38,7 @@ HELP = {
     "max_member_bytes": "tar members larger than this are not read (status too_large)",
     "row_group_rows": "Parquet row group size in rows",
     "overwrite": "delete an output written by a different tokenizer/config instead of refusing",
+    "latent_dtype": "continuous tokenizers (vitok): float16 | float32 storage of the latents (float32 needs --precision fp32)",
     "storage_options": "fsspec option for remote input/output, e.g. endpoint_url=http://... (--storage-option)",
     "address": "Ray cluster address (default: RAY_ADDRESS, else a local Ray)",
     "progress": "show the progress bar",

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("jobs.verify", "recount a tokenize output against its input tars; non-zero on any problem"),
     "train": ("jobs.train_var", "train a VAR transformer on token Parquet with Ray Train (resumable)"),
     "sample": ("jobs.sample", "sample class-conditional images from a VAR checkpoint into a PNG grid"),
+    "train-tokenizer": ("jobs.train_tokenizer", "train a tokenizer (var-vqvae, gq, gsq) on WebDataset shards with Ray Train"),
     "report": ("jobs.report", "write OUT/report.html: throughput, codebook usage, failures, reconstructions, training"),
 }
 

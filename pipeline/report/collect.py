@@ -131,7 +131,10 @@ def failures_by_kind(job: JobOutput) -> dict[str, int]:
 def scale_usage(job: JobOutput, max_rows: int = 50_000) -> list[ScaleUsage]:
     """Codebook usage and perplexity per scale from the stored tokens (the first `max_rows` ok rows).
 
-    Rows are grouped by their grid shapes so each group is one (rows, L) array sliced per scale."""
+    Rows are grouped by their grid shapes so each group is one (rows, L) array sliced per scale.
+    Continuous tokenizers (latents, no codebook) have none: the list is empty."""
+    if job.metadata.get("continuous"):
+        return []
     vocab = int(job.metadata.get("vocab_size") or 0)
     groups = int(job.metadata.get("groups") or 1)
     counts: dict[int, np.ndarray] = {}

@@ -74,6 +74,9 @@ def throughput_section(job: collect.JobOutput) -> Section:
 
 
 def codebook_section(job: collect.JobOutput) -> Section:
+    if job.metadata.get("continuous"):
+        return Section("Codebook usage per scale", f"<p>{html.escape(str(job.metadata.get('tokenizer')))} stores "
+                       "continuous latents: there is no codebook.</p>")
     scales = collect.scale_usage(job)
     png = figures.codebook_figure(scales)
     rows = [(s.label, f"{s.used_codes}/{s.vocab_size} codes ({100 * s.usage:.1f}%), perplexity {s.perplexity:.1f}, "

@@ -98,6 +98,9 @@ def reconstruction_grid(job: JobOutput, count: int = 4, checkpoint: str | None =
     """One row per sample: the encoded input, then the image decoded from scales 1..k for each k."""
     if not job.metadata:
         raise PictureUnavailable("no data file to read tokens from")
+    if job.metadata.get("continuous"):
+        raise PictureUnavailable("continuous latents have no scales to show; decode rows with "
+                                 "pipeline.sinks.reader.row_tokens")
     tok = rebuild_tokenizer(job.metadata, checkpoint if checkpoint is not None else job_checkpoint(job))
     rows = _first_ok_rows(job, count)
     if not rows:

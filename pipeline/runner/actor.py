@@ -1,14 +1,19 @@
 """The tokenizer actor: one per GPU (or CPU slot), loads the tokenizer once, tokenizes whole shards.
 
 `ShardWorker` is a plain class (usable without Ray); `make_actor_class` wraps it as
-`@ray.remote(num_gpus=G, num_cpus=C)`. Ray sets CUDA_VISIBLE_DEVICES per actor, which is the GPU
-pinning; with logical GPUs on a CPU-only machine the actor falls back to the CPU.
+`@ray.remote(num_gpus=G, num_cpus=C, max_concurrency=S)`. Ray sets CUDA_VISIBLE_DEVICES per actor,
+which is the GPU pinning; with logical GPUs on a CPU-only machine the actor falls back to the CPU.
+
+With `max_concurrency=S` (--shards-per-actor) the driver keeps S shards in flight per actor, each
+`process` call in its own thread: they share the decode pool and take turns on the encoder
+(`encoder_lock`, see shard_task.py), so reading, decoding and writing overlap with encoding.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +23,8 @@ import torch
 from pipeline.runner.build import build_tokenizer
 from pipeline.runner.config import JobSpec
 from pipeline.runner.shard_task import ShardResult, process_shard
-from pipeline.sinks.writer import OutputLayout
+from pipeline.sinks.schema import build_table, token_schema
+from pipeline.sinks.writer import OutputLayout, parquet_bytes
 from pipeline.sources.listing import Shard
 
 
@@ -28,7 +34,10 @@ class ShardWorker:
         self.device = "cuda" if _has_assigned_gpu() else "cpu"
         self.spec = spec
         self.tokenizer = build_tokenizer(spec, self.device)
-        self.fingerprint = self.tokenizer.fingerprint()
+        self.fingerprint = self.tokenizer.fingerprint()  # before the speed options touch the model
+        apply_speed_options(self.tokenizer, spec)
+        self.encoder_lock = threading.Lock()
+        warm_up_writer(self.tokenizer, spec)
         self.layout = OutputLayout(spec.output, spec.storage_options)
         self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="decode")
         self.reporter = reporter
@@ -44,16 +53,39 @@ class ShardWorker:
         worker = {k: self.info_dict[k] for k in ("pid", "host", "node", "device")}
         try:
             return process_shard(shard, self.tokenizer, self.spec, self.layout, attempt=attempt,
-                                 worker=worker, pool=self.pool, report=report)
+                                 worker=worker, pool=self.pool, report=report, encoder_lock=self.encoder_lock)
         except Exception as e:
             last = traceback.format_exception_only(type(e), e)[-1].strip()
             return ShardResult(shard=shard.name, ok=False, error=last, worker=worker)
 
 
-def make_actor_class(num_gpus: float, num_cpus: float, runtime_env: dict[str, Any] | None = None):
+def warm_up_writer(tok: Any, spec: JobSpec) -> None:
+    """Build one empty Parquet file in memory: pyarrow's first table costs about a second of lazy
+    initialisation, better spent here than on the first shard."""
+    try:
+        schema = token_schema(tok.vocab_size, with_variant=bool(spec.variants), metadata=spec.metadata)
+        parquet_bytes(build_table([], schema), spec.row_group_rows)
+    except Exception:
+        pass  # only a warm-up: the first shard reports any real problem
+
+
+def apply_speed_options(tok: Any, spec: JobSpec) -> None:
+    """--channels-last and --compile: they change kernels, not what is computed (like the batch
+    size, they are not part of the fingerprint). Only the encoder is compiled: the nearest-code
+    search stays eager fp32."""
+    if getattr(spec, "channels_last", False):
+        tok.model.to(memory_format=torch.channels_last)
+    encoder = getattr(tok.model, "encoder", None)
+    if getattr(spec, "compile", False) and isinstance(encoder, torch.nn.Module):
+        encoder.compile()  # in place: the state dict (and so the fingerprint) keeps its keys
+
+
+def make_actor_class(num_gpus: float, num_cpus: float, runtime_env: dict[str, Any] | None = None,
+                     max_concurrency: int = 1):
     import ray
 
-    options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0}
+    options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": 0,
+                               "max_concurrency": max(1, int(max_concurrency))}
     if runtime_env:
         options["runtime_env"] = runtime_env
     return ray.remote(**options)(ShardWorker)
@@ -63,15 +95,18 @@ def _has_assigned_gpu() -> bool:
     try:
         import ray
 
-        return bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+        if ray.is_initialized():  # in-process use (tests, benchmarks) must not start a Ray
+            return bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     except Exception:
-        return torch.cuda.is_available()
+        pass
+    return torch.cuda.is_available()
 
 
 def _node_id() -> str | None:
     try:
         import ray
 
-        return ray.get_runtime_context().get_node_id()
+        # get_runtime_context() would start a local Ray when there is none.
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:
         return None

@@ -1,5 +1,9 @@
 """Config -> JobSpec and JobSpec -> tokenizer: the same code on the driver and in every actor, so
-all of them build a bit-identical tokenizer (checked through its fingerprint)."""
+all of them build a bit-identical tokenizer (checked through its fingerprint).
+
+Every registered family goes through the same job: discrete tokenizers store integer codes,
+continuous ones (ViTok) their latents cast to --latent-dtype (see pipeline/sinks/schema.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import importlib
 import os
 
 from pipeline import __version__
-from pipeline.sinks.schema import SCHEMA_VERSION
+from pipeline.sinks.schema import SCHEMA_VERSION, latent_dtype
 from pipeline.runner.config import JobSpec, TokenizeConfig, read_tokenizer_config
 from pipeline.tokenizers.base import Tokenizer, load_tokenizer
 from pipeline.tokenizers.preprocess import PreprocessConfig
@@ -36,14 +40,14 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         decode_threads=int(cfg.decode_threads or max(2, int(cfg.cpus_per_actor))),
         row_group_rows=int(cfg.row_group_rows), output=cfg.output,
         storage_options=dict(cfg.storage_options or {}),
+        jpeg_draft=bool(cfg.jpeg_draft), channels_last=bool(cfg.channels_last), compile=bool(cfg.compile),
     )
     if spec.checkpoint and "://" not in spec.checkpoint and not os.path.exists(spec.checkpoint):
         raise ValueError(f"--checkpoint {spec.checkpoint} does not exist")
     if spec.tokenizer_module:
         importlib.import_module(spec.tokenizer_module)
     tok = load_tokenizer(spec.tokenizer, spec.checkpoint, spec.tokenizer_config, precision=spec.precision)
-    if tok.continuous or tok.vocab_size <= 0:
-        raise ValueError(f"{spec.tokenizer} produces continuous tokens; the tokenize job stores integer codes only")
+    latents = latent_settings(cfg, tok)
     pre = dataclasses.asdict(tok.preprocess_config)
     pre["mode"] = cfg.resolved_policy()
     if cfg.image_size:
@@ -58,8 +62,11 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
     spec = spec.replace(preprocess=pre, patch_nums=patch_nums, vocab_size=int(tok.vocab_size))
     tok.preprocess_config = PreprocessConfig(**pre)
     tok_fp = tok.fingerprint()
-    fingerprint = spec.compute_fingerprint(tok_fp)
+    # The latent dtype decides the stored bytes, so it is part of the job's identity (resume guard);
+    # discrete jobs keep the fingerprint they always had.
+    fingerprint = spec.compute_fingerprint(f"{tok_fp}+latents:{latents['latent_dtype']}" if latents else tok_fp)
     spec = spec.replace(tokenizer_fingerprint=tok_fp, fingerprint=fingerprint)
+    job_config = {**spec.token_settings(), **({"latent_dtype": latents["latent_dtype"]} if latents else {})}
     spec.metadata = {
         "schema_version": SCHEMA_VERSION,
         "tokenizer": spec.tokenizer,
@@ -72,8 +79,33 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         "preprocess": pre,
         "precision": spec.precision,
         "version": __version__,
-        "job_config": spec.token_settings(),
+        "job_config": job_config,
         "tokenizer_config": tok.describe()["config"],
         "variants": ["orig", *spec.variants] if spec.variants else [],
+        **latents,
     }
     return spec, tok
+
+
+def latent_settings(cfg: TokenizeConfig, tok: Tokenizer) -> dict[str, object]:
+    """The metadata of a continuous tokenizer's latents ({} for discrete ones), with the checks
+    that options make sense for the tokenizer at hand."""
+    dtype = getattr(cfg, "latent_dtype", None) or "float16"
+    latent_dtype(dtype)  # validates the name
+    if not tok.continuous:
+        if tok.vocab_size <= 0:
+            raise ValueError(f"{tok.name} has no codebook (vocab_size {tok.vocab_size}) and is not marked "
+                             f"continuous; the job cannot store its output")
+        if dtype != "float16":
+            raise ValueError(f"--latent-dtype applies to continuous tokenizers; {tok.name} gives integer codes")
+        return {}
+    if dtype == "float32" and cfg.precision != "fp32":
+        raise ValueError("--latent-dtype float32 needs --precision fp32: bf16 latents are stored as float16")
+    if cfg.scale_superset:
+        raise ValueError(f"--scale-superset needs a multi-scale tokenizer; {tok.name} gives one latent grid")
+    channels = getattr(tok, "latent_channels", None) or tok.config.get("channels_per_token")
+    if not channels:
+        raise ValueError(f"continuous tokenizer {tok.name} does not say how many channels its latents have "
+                         f"(set a `latent_channels` attribute)")
+    return {"continuous": True, "latent_channels": int(channels), "latent_dtype": dtype,
+            "latent_patch": int(tok.downsample)}

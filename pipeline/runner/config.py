@@ -40,7 +40,13 @@ class TokenizeConfig:
     cpus_per_actor: float = 1.0
     batch_size: int = 16
     decode_threads: int | None = None
+    shards_per_actor: int = 2      # shards in flight per actor: the next one streams and decodes
+                                   # while the current one encodes, and is encoded while it writes
+    jpeg_draft: bool = False       # DCT-scaled JPEG decode (faster, other pixels: part of the fingerprint)
+    channels_last: bool = False    # encoder weights/inputs in NHWC (GPU convs; numerics like --batch-size)
+    compile: bool = False          # torch.compile the encoder (slow start; numerics like --batch-size)
     precision: str = "fp32"
+    latent_dtype: str = "float16"  # continuous tokenizers: float16 | float32 (fp32 precision only)
     max_shard_retries: int = 3
     startup_wait_s: float = 0.0
     max_image_pixels: int = DEFAULT_MAX_PIXELS
@@ -74,6 +80,8 @@ class TokenizeConfig:
             problems.append("--precision must be fp32 or bf16")
         if self.batch_size < 1 or self.max_shard_retries < 0 or (self.num_actors is not None and self.num_actors < 1):
             problems.append("--batch-size and --num-actors must be >= 1, --max-shard-retries >= 0")
+        if self.shards_per_actor < 1:
+            problems.append("--shards-per-actor must be >= 1")
         if self.scale_superset and self.patch_nums and len(self.patch_nums) > 1:
             problems.append("--scale-superset stores every scale 1..N: give at most one --patch-nums value (N)")
         if problems:
@@ -124,6 +132,9 @@ class JobSpec:
     row_group_rows: int
     output: str
     storage_options: dict[str, Any]
+    jpeg_draft: bool = False
+    channels_last: bool = False
+    compile: bool = False
     fingerprint: str = ""
     tokenizer_fingerprint: str = ""
     vocab_size: int = 0
@@ -144,6 +155,8 @@ class JobSpec:
             "max_image_pixels": self.max_image_pixels,
             "max_member_bytes": self.max_member_bytes,
             "row_group_rows": self.row_group_rows,
+            # Only when on, so that jobs without it keep the fingerprint they always had.
+            **({"jpeg_draft": True} if self.jpeg_draft else {}),
         }
 
     def compute_fingerprint(self, tokenizer_fingerprint: str) -> str:

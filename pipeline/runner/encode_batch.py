@@ -4,6 +4,9 @@ Images of one size are encoded together (center-crop/resize give one size; nativ
 by size). Each augmentation variant is encoded as its own batch with the same composition as the
 original, so the original's tokens never depend on which variants were asked for. A batch the
 tokenizer rejects is retried image by image so one bad image cannot fail its neighbours.
+
+Continuous tokenizers (ViTok) give float latents instead of codes: each image's own latent grid
+(NaFlex grids differ per image) is stored cast to the job's latent dtype; see sinks/schema.py.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from pipeline.sinks.schema import ORIGINAL_VARIANT, TokenRow, token_dtype
+from pipeline.sinks.schema import ORIGINAL_VARIANT, TokenRow, value_dtype
 from pipeline.sources.decode import DecodedSample
 from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer
 
@@ -25,7 +28,7 @@ VARIANT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class Encoded:
-    """One image's tokens for one variant."""
+    """One image's tokens (or latents) for one variant."""
 
     __slots__ = ("tokens", "scale_shapes", "padded")
 
@@ -34,8 +37,10 @@ class Encoded:
 
 
 def encode_group(tok: Tokenizer, x: torch.Tensor, patch_nums: Sequence[int], tile_size: int | None,
-                 overlap: int | None) -> list[Encoded]:
+                 overlap: int | None, latent_dtype: str = "float16") -> list[Encoded]:
     out: MultiScaleTokens = tok.encode(x, patch_nums=patch_nums, tile_size=tile_size, overlap=overlap)
+    if out.continuous or tok.continuous:
+        return latent_rows(out, latent_dtype)
     flat = out.flat().reshape(x.shape[0], -1).to(torch.int64).cpu().numpy()
     if flat.size and (flat.min() < 0 or flat.max() >= tok.vocab_size):
         raise ValueError(f"token ids outside 0..{tok.vocab_size - 1}")
@@ -44,19 +49,58 @@ def encode_group(tok: Tokenizer, x: torch.Tensor, patch_nums: Sequence[int], til
     return [Encoded(row, shapes, padded) for row in flat]
 
 
+def latent_rows(out: MultiScaleTokens, dtype: str) -> list[Encoded]:
+    """Continuous tokens -> one row per image: its own grid's latents, cell-major, cast to `dtype`.
+
+    NaFlex batches are zero-padded to the largest grid; `extras` names each image's grid
+    (grid_rows/grid_cols) and content size (orig_height/orig_width). A tokenizer without them
+    gives whole grids, and its padded canvas stands for the content size."""
+    if len(out.grids) != 1:
+        raise ValueError(f"continuous tokens must be one latent grid, got {len(out.grids)} scales")
+    grid = out.grids[0].detach().float().cpu()
+    if grid.ndim != 4:
+        raise ValueError(f"latent grid must be (B, rows, cols, channels), got {tuple(grid.shape)}")
+    b, rows_max, cols_max = (int(v) for v in grid.shape[:3])
+    ex = out.extras
+    rows = [int(v) for v in ex.get("grid_rows", [rows_max] * b)]
+    cols = [int(v) for v in ex.get("grid_cols", [cols_max] * b)]
+    canvas = tuple(out.padded_size or out.image_size or (0, 0))
+    heights = [int(v) for v in ex.get("orig_height", [canvas[0]] * b)]
+    widths = [int(v) for v in ex.get("orig_width", [canvas[1]] * b)]
+    np_type = np.dtype(dtype)
+    encoded = []
+    for i in range(b):
+        latent = grid[i, :rows[i], :cols[i]].reshape(-1).numpy()
+        if not np.isfinite(latent).all():
+            raise ValueError("the encoder gave non-finite latents")
+        with np.errstate(over="ignore"):
+            stored = latent.astype(np_type)
+        if not np.isfinite(stored).all():
+            raise ValueError(f"latents up to |{float(np.abs(latent).max()):.4g}| exceed the {dtype} range; "
+                             f"use --latent-dtype float32")
+        encoded.append(Encoded(stored, [rows[i], cols[i]], (heights[i], widths[i])))
+    return encoded
+
+
 def encode_variant(tok: Tokenizer, x: torch.Tensor, spec: Any) -> list[Encoded | Exception]:
+    dtype = latent_dtype_of(spec)
     try:
-        return list(encode_group(tok, x, spec.patch_nums, spec.tile_size, spec.overlap))
+        return list(encode_group(tok, x, spec.patch_nums, spec.tile_size, spec.overlap, dtype))
     except Exception:
         if x.shape[0] == 1:
             raise
     results: list[Encoded | Exception] = []
     for i in range(x.shape[0]):
         try:
-            results.extend(encode_group(tok, x[i:i + 1], spec.patch_nums, spec.tile_size, spec.overlap))
+            results.extend(encode_group(tok, x[i:i + 1], spec.patch_nums, spec.tile_size, spec.overlap, dtype))
         except Exception as e:
             results.append(e)
     return results
+
+
+def latent_dtype_of(spec: Any) -> str:
+    """The job's storage dtype for latents (recorded in its metadata by plan_job)."""
+    return str((getattr(spec, "metadata", None) or {}).get("latent_dtype") or "float16")
 
 
 def encode_batch(tok: Tokenizer, spec: Any, items: Sequence[tuple[DecodedSample, torch.Tensor | None]],
@@ -78,7 +122,8 @@ def encode_batch(tok: Tokenizer, spec: Any, items: Sequence[tuple[DecodedSample,
             for p, r in zip(positions, results):
                 encoded.setdefault(p, {})[variant] = r
 
-    dtype = token_dtype(tok.vocab_size).to_pandas_dtype()
+    dtype = value_dtype(tok.vocab_size, getattr(spec, "metadata", None)).to_pandas_dtype()
+    count_codes = histogram is not None and histogram.size > 0 and not tok.continuous
     rows: list[TokenRow] = []
     for pos, (sample, _) in enumerate(items):
         base = dict(key=sample.key, shard=shard, label=sample.label, meta=sample.meta,
@@ -96,7 +141,7 @@ def encode_batch(tok: Tokenizer, spec: Any, items: Sequence[tuple[DecodedSample,
                 if variant == ORIGINAL_VARIANT:
                     break  # no variant rows for a sample whose original failed
                 continue
-            if histogram is not None:
+            if count_codes:
                 histogram += np.bincount(result.tokens, minlength=histogram.size)[: histogram.size]
             rows.append(TokenRow(tokens=result.tokens.astype(dtype), scale_shapes=result.scale_shapes,
                                  height_padded=result.padded[0], width_padded=result.padded[1],

@@ -1,6 +1,9 @@
-"""The driver's pull scheduler: a fixed pool of tokenizer actors, each holding at most one shard;
-an actor that finishes gets the next shard from the queue (no static assignment, so a slow node
-only slows its own shards).
+"""The driver's pull scheduler: a fixed pool of tokenizer actors, each holding at most
+`shards_per_actor` shards (default 1 here, 2 from the job); an actor that finishes one gets the
+next shard from the queue (no static assignment, so a slow node only slows its own shards). With
+2, an actor always has its next shard queued: it streams and decodes it while encoding the current
+one (see shard_task.py), so neither the round trip to the driver nor a shard's start-up and
+write leave the encoder idle.
 
 Failures: a shard whose attempt fails (unreadable URL, actor killed mid-shard, node lost) goes
 back to the front of the queue until it has failed `max_retries + 1` times, then it is reported.
@@ -34,12 +37,28 @@ class ActorSlot:
     created: float = field(default_factory=time.perf_counter)
     info: dict[str, Any] | None = None
     ready_at: float | None = None
-    busy: bool = False
-    busy_s: float = 0.0
+    running: int = 0               # shards in flight on this actor
+    busy_since: float | None = None
+    busy_s: float = 0.0            # time with at least one shard in flight
     shards: int = 0
     images: int = 0
     dead: bool = False
     retired_at: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.running > 0
+
+    def started_one(self, now: float) -> None:
+        if self.running == 0:
+            self.busy_since = now
+        self.running += 1
+
+    def finished_one(self, now: float) -> None:
+        self.running = max(0, self.running - 1)
+        if self.running == 0 and self.busy_since is not None:
+            self.busy_s += now - self.busy_since
+            self.busy_since = None
 
 
 @dataclass
@@ -50,18 +69,23 @@ class ScheduleOutcome:
     actor_deaths: int = 0
     slots: list[ActorSlot] = field(default_factory=list)
     startup_errors: list[str] = field(default_factory=list)
+    first_dispatch_at: float | None = None   # perf_counter() of the first shard handed out
+    last_result_at: float | None = None      # ... and of the last result received
 
 
 class ShardScheduler:
     def __init__(self, spec: JobSpec, shards: list[Shard], *, num_actors: int, gpus_per_actor: float,
                  cpus_per_actor: float, max_retries: int, reporter: Any = None,
                  on_progress: Callable[[int, int], None] | None = None,
-                 runtime_env: dict[str, Any] | None = None, startup_wait_s: float = 0.0) -> None:
+                 runtime_env: dict[str, Any] | None = None, startup_wait_s: float = 0.0,
+                 shards_per_actor: int = 1) -> None:
         self.spec = spec
         self.queue: collections.deque[Shard] = collections.deque(shards)
         self.num_actors = max(1, min(num_actors, len(shards)))
         self.cpus_per_actor = cpus_per_actor
-        self.actor_class = make_actor_class(gpus_per_actor, cpus_per_actor, runtime_env)
+        self.shards_per_actor = max(1, int(shards_per_actor))
+        self.actor_class = make_actor_class(gpus_per_actor, cpus_per_actor, runtime_env,
+                                            max_concurrency=self.shards_per_actor)
         self.max_retries = max_retries
         self.reporter = reporter
         self.on_progress = on_progress or (lambda done, failed: None)
@@ -127,14 +151,19 @@ class ShardScheduler:
         if time.perf_counter() - self.started < self.startup_wait_s and \
                 any(s.info is None for s in self.live_slots()):
             return  # still waiting for the whole pool (--startup-wait-s)
-        for slot in self.live_slots():
-            if not self.queue:
-                return
-            if slot.info is not None and not slot.busy:
-                shard = self.queue.popleft()
-                ref = slot.handle.process.remote(shard, self.attempts[shard.name])
-                slot.busy = True
-                self.in_flight[ref] = (slot, shard, time.perf_counter())
+        # Level by level: every idle actor gets a shard before any actor gets its second one.
+        for level in range(1, self.shards_per_actor + 1):
+            for slot in self.live_slots():
+                if not self.queue:
+                    return
+                if slot.info is not None and slot.running < level:
+                    shard = self.queue.popleft()
+                    ref = slot.handle.process.remote(shard, self.attempts[shard.name])
+                    now = time.perf_counter()
+                    if self.outcome.first_dispatch_at is None:
+                        self.outcome.first_dispatch_at = now
+                    slot.started_one(now)
+                    self.in_flight[ref] = (slot, shard, now)
 
     def _on_ready(self, slot: ActorSlot) -> None:
         try:
@@ -155,8 +184,8 @@ class ShardScheduler:
 
     def _on_result(self, ref: Any) -> None:
         slot, shard, started = self.in_flight.pop(ref)
-        slot.busy = False
-        slot.busy_s += time.perf_counter() - started
+        self.outcome.last_result_at = time.perf_counter()
+        slot.finished_one(self.outcome.last_result_at)
         actor_died = False
         try:
             result: ShardResult = ray.get(ref, timeout=60)
@@ -166,7 +195,7 @@ class ShardScheduler:
         except RayError as e:
             result = ShardResult(shard=shard.name, ok=False, error=_short(e))
         self._account(slot, shard, result)
-        if actor_died:
+        if actor_died and not slot.dead:  # its other in-flight shards fail too: one death, one replacement
             self.outcome.actor_deaths += 1
             self._retire(slot, replace=True)  # after the shard is back in the queue
 

@@ -3,13 +3,23 @@
 The Ray actor (actor.py) only holds the tokenizer and calls `process_shard`; tests can call it
 directly. Rows come out in tar order whatever the thread timing, so the data file's bytes depend
 only on the shard and the job's token settings.
+
+Overlap. The tar is read in a thread of its own and its images are decoded in the actor's pool,
+up to `2 * batch_size` samples ahead of the encoder (`DecodeStream`). An actor may run several
+shards at once (`--shards-per-actor`): they share one encoder through `encoder_lock`, taken once
+the shard's first batch is decoded and held until its last batch is encoded. So while shard N
+encodes, shard N+1 is already streaming and decoding, and while shard N builds and commits its
+Parquet file, shard N+1 encodes. Each shard's write happens in its own call, so a write error is
+that shard's result and nobody else's.
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import queue
+import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -27,7 +37,7 @@ from pipeline.sources.tar_stream import RawSample, iter_samples
 from pipeline.tokenizers.base import Tokenizer
 
 T = TypeVar("T")
-R = TypeVar("R")
+Prepared = tuple[DecodedSample, "torch.Tensor | None"]
 
 
 @dataclass
@@ -41,19 +51,15 @@ class ShardResult:
     images_ok: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
-    encode_s: float = 0.0
+    encode_s: float = 0.0          # the encoder's own time (batches of this shard)
+    # Where the rest of the time went (the profile of benchmarks/pipeline_efficiency.py):
+    read_s: float = 0.0            # reading + untarring, in the shard's reader thread
+    decode_s: float = 0.0          # decode + image policy, CPU seconds summed over decode threads
+    first_batch_s: float = 0.0     # from the start to the first decoded batch (encoder not held)
+    wait_encoder_s: float = 0.0    # first batch ready, encoder busy with another shard
+    wait_input_s: float = 0.0      # encoder held, waiting for decoded images (decode-bound)
+    write_s: float = 0.0           # Parquet build + commit (encoder already released)
     worker: dict[str, Any] = field(default_factory=dict)
-
-
-def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], lookahead: int) -> Iterator[R]:
-    """pool.map that reads `items` lazily (at most `lookahead` in flight) and keeps their order."""
-    pending: collections.deque = collections.deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= lookahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -67,9 +73,11 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def prepare_sample(tok: Tokenizer, spec: JobSpec, raw: RawSample) -> tuple[DecodedSample, torch.Tensor | None]:
-    """Thread-pool step: decode and apply the image policy; the PIL image is dropped afterwards."""
-    sample = decode_sample(raw, spec.max_image_pixels)
+def prepare_sample(tok: Tokenizer, spec: JobSpec, raw: RawSample, pin: bool = False) -> Prepared:
+    """Thread-pool step: decode and apply the image policy; the PIL image is dropped afterwards.
+    `pin`: page-lock the tensor so the encoder's host->GPU copy can be asynchronous."""
+    draft = tok.preprocess_config if getattr(spec, "jpeg_draft", False) else None
+    sample = decode_sample(raw, spec.max_image_pixels, draft=draft)
     if not sample.ok:
         return sample, None
     try:
@@ -78,30 +86,126 @@ def prepare_sample(tok: Tokenizer, spec: JobSpec, raw: RawSample) -> tuple[Decod
         sample.fail("preprocess_error", f"{type(e).__name__}: {e}")
         return sample, None
     sample.image = None
-    return sample, x
+    if getattr(spec, "channels_last", False):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return sample, (x.pin_memory() if pin else x)
+
+
+class DecodeStream:
+    """A shard's samples, read by a thread of its own and decoded in `pool`, at most `lookahead`
+    ahead of the consumer; iterating gives `fn(raw)` in tar order. Reading starts at construction
+    (before anyone iterates), which is what lets a queued shard prefetch. A read error (e.g. an
+    unreadable shard) is raised to the consumer. Call `close()` when done (also on errors)."""
+
+    _END = object()
+
+    def __init__(self, samples: Callable[[], Iterator[RawSample]], fn: Callable[[RawSample], T],
+                 pool: Executor, lookahead: int) -> None:
+        self.fn, self.pool = fn, pool
+        self.items: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
+        self.stopped = threading.Event()
+        self.read_s = 0.0
+        self.decode_s = 0.0
+        self.thread = threading.Thread(target=self._read, args=(samples,), name="shard-reader", daemon=True)
+        self.thread.start()
+
+    def _timed(self, raw: RawSample) -> tuple[T, float]:
+        t = time.thread_time()
+        return self.fn(raw), time.thread_time() - t
+
+    def _read(self, samples: Callable[[], Iterator[RawSample]]) -> None:
+        try:
+            it = samples()
+            try:
+                while not self.stopped.is_set():
+                    t = time.perf_counter()
+                    raw = next(it, self._END)
+                    self.read_s += time.perf_counter() - t
+                    if raw is self._END:
+                        break
+                    if not self._put(self.pool.submit(self._timed, raw)):
+                        return
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()  # closes the shard's stream in this thread
+            self._put(self._END)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(e)
+
+    def _put(self, item: Any) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            item = self.items.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            value, seconds = item.result()
+            self.decode_s += seconds
+            yield value
+
+    def close(self) -> None:
+        self.stopped.set()
+        while True:
+            try:
+                item = self.items.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Future):
+                item.cancel()
+        self.thread.join(timeout=30)
 
 
 def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLayout, *,
                   attempt: int = 0, worker: dict[str, Any] | None = None, pool: Executor | None = None,
-                  report: Callable[[int], None] | None = None) -> ShardResult:
+                  report: Callable[[int], None] | None = None,
+                  encoder_lock: contextlib.AbstractContextManager | None = None) -> ShardResult:
+    """`encoder_lock`: shared by the shards an actor runs at once (None: this shard alone)."""
     start = time.perf_counter()
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(spec.decode_threads)
+    lock = encoder_lock if encoder_lock is not None else contextlib.nullcontext()
+    device = torch.device(getattr(tok, "device", "cpu"))
+    to_gpu = device.type == "cuda"
     histogram = np.zeros(tok.vocab_size, dtype=np.int64)
-    rows, encode_s, samples = [], 0.0, 0
+    rows, samples = [], 0
+    timing = dict(encode_s=0.0, first_batch_s=0.0, wait_encoder_s=0.0, wait_input_s=0.0)
+    stream = DecodeStream(lambda: iter_samples(shard.url, spec.storage_options, spec.max_member_bytes),
+                          lambda raw: prepare_sample(tok, spec, raw, pin=to_gpu), pool, 2 * spec.batch_size)
     try:
-        raw = iter_samples(shard.url, spec.storage_options, spec.max_member_bytes)
-        prepared = ordered_map(pool, lambda r: prepare_sample(tok, spec, r), raw, 2 * spec.batch_size)
-        for batch in batched(prepared, spec.batch_size):
-            t = time.perf_counter()
-            rows.extend(encode_batch(tok, spec, batch, shard.name, histogram))
-            encode_s += time.perf_counter() - t
-            samples += len(batch)
-            if report is not None:
-                report(sum(1 for s, _ in batch if s.ok))
+        batches = batched(stream, spec.batch_size)
+        batch = next(batches, None)
+        timing["first_batch_s"] = time.perf_counter() - start
+        t = time.perf_counter()
+        with lock:
+            timing["wait_encoder_s"] = time.perf_counter() - t
+            while batch is not None:
+                if to_gpu:  # pinned host memory: the copy overlaps with whatever the GPU still runs
+                    batch = [(s, x.to(device, non_blocking=True) if x is not None else None) for s, x in batch]
+                t = time.perf_counter()
+                rows.extend(encode_batch(tok, spec, batch, shard.name, histogram))
+                timing["encode_s"] += time.perf_counter() - t
+                samples += len(batch)
+                if report is not None:
+                    report(sum(1 for s, _ in batch if s.ok))
+                t = time.perf_counter()
+                batch = next(batches, None)
+                timing["wait_input_s"] += time.perf_counter() - t
     finally:
+        stream.close()
         if own_pool:
             pool.shutdown(wait=False, cancel_futures=True)
+    # The encoder is free for the actor's next shard from here on.
+    t_write = time.perf_counter()
     schema = token_schema(tok.vocab_size, with_variant=bool(spec.variants), metadata=spec.metadata)
     data = parquet_bytes(build_table(rows, schema), spec.row_group_rows)
     counts: dict[str, int] = {}
@@ -116,5 +220,6 @@ def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLay
         attempt=attempt, worker=worker or {})
     created = commit_shard(layout, shard.name, data, manifest)
     return ShardResult(shard=shard.name, ok=True, created=created, rows=len(rows), samples=samples,
-                       images_ok=counts.get("ok", 0), status_counts=counts, duration_s=duration,
-                       encode_s=encode_s, worker=worker or {})
+                       images_ok=counts.get("ok", 0), status_counts=counts,
+                       duration_s=time.perf_counter() - start, read_s=stream.read_s, decode_s=stream.decode_s,
+                       write_s=time.perf_counter() - t_write, worker=worker or {}, **timing)

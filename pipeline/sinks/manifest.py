@@ -31,10 +31,13 @@ class CommitConflict(RuntimeError):
 
 
 def histogram_summary(hist: np.ndarray | None) -> dict[str, Any] | None:
-    """Codebook usage of one shard: counts (compact, for merging), used codes, perplexity."""
+    """Codebook usage of one shard: counts (compact, for merging), used codes, perplexity.
+    None without a codebook (continuous tokenizers: an empty histogram)."""
     if hist is None:
         return None
     hist = np.asarray(hist, dtype=np.int64)
+    if hist.size == 0:
+        return None
     total = int(hist.sum())
     return {
         "vocab_size": int(hist.size),

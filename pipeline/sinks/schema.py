@@ -8,13 +8,27 @@ One row per sample (and per augmentation variant of an ok sample, with `--varian
   status string         "ok" or an error kind (see pipeline.sources.decode / tar_stream)
   error string          null when ok
   height, width int32   the original (EXIF-upright) image size; null when it could not be decoded
-  height_padded, width_padded int32   the canvas that was encoded (after crop/resize/padding)
+  height_padded, width_padded int32   the canvas that was encoded (after crop/resize/padding);
+                        continuous tokenizers: the content size the latents cover (see below)
   tokens list<uint16>   all scales flattened small -> large, row-major inside a scale; grouped
-                        codes keep a position's G codes adjacent; list<int32> when vocab > 65536
+                        codes keep a position's G codes adjacent; list<int32> when vocab > 65536;
+                        continuous tokenizers: list<halffloat> (or list<float>, see below)
   scale_shapes list<int32>  [h0, w0, h1, w1, ...] of the grids `tokens` concatenates
   meta string           the .json member's text, null when absent
   variant string        only with --variants: "orig", "hflip", ... (every sample has one "orig" row)
 Failed rows have empty `tokens` and `scale_shapes`.
+
+Continuous tokenizers (ViTok's NaFlex latents) use the same columns, so every reader finds an
+image's data in one place whatever the family:
+  tokens        the latent values, float16 (`--latent-dtype float32`: float32), position-major
+                like grouped codes: the `latent_channels` values of a grid cell are adjacent,
+                cells in raster order, so len(tokens) = rows * cols * latent_channels
+  scale_shapes  [rows, cols] of this image's latent grid (NaFlex keeps the aspect ratio, so the
+                grid differs per image; the canvas is rows*latent_patch x cols*latent_patch)
+  height_padded, width_padded  the content size in pixels inside that grid (after the token-budget
+                resize): what the decoder crops its output to
+Key-value metadata adds continuous=true, latent_channels, latent_dtype ("float16" | "float32")
+and latent_patch (pixels per latent cell); vocab_size is 0, and manifests carry no codebook.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ SCHEMA_VERSION = "1"
 UINT16_VOCAB_LIMIT = 65536
 METADATA_PREFIX = "scaletok."
 ORIGINAL_VARIANT = "orig"
+LATENT_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
 @dataclass
@@ -53,6 +68,21 @@ def token_dtype(vocab_size: int) -> pa.DataType:
     return pa.uint16() if 0 < vocab_size <= UINT16_VOCAB_LIMIT else pa.int32()
 
 
+def latent_dtype(name: str) -> pa.DataType:
+    if name not in LATENT_DTYPES:
+        raise ValueError(f"latent dtype must be one of {sorted(LATENT_DTYPES)}, got {name!r}")
+    return LATENT_DTYPES[name]
+
+
+def value_dtype(vocab_size: int, metadata: dict[str, Any] | None = None) -> pa.DataType:
+    """The element type of `tokens`: integer codes, or latents when the metadata says continuous
+    (the metadata is the file's own description, so the column type follows from it)."""
+    metadata = metadata or {}
+    if metadata.get("continuous"):
+        return latent_dtype(metadata.get("latent_dtype", "float16"))
+    return token_dtype(vocab_size)
+
+
 def token_schema(vocab_size: int, with_variant: bool = False, metadata: dict[str, Any] | None = None) -> pa.Schema:
     fields = [
         pa.field("key", pa.string(), nullable=False),
@@ -64,7 +94,7 @@ def token_schema(vocab_size: int, with_variant: bool = False, metadata: dict[str
         pa.field("width", pa.int32()),
         pa.field("height_padded", pa.int32()),
         pa.field("width_padded", pa.int32()),
-        pa.field("tokens", pa.list_(token_dtype(vocab_size))),
+        pa.field("tokens", pa.list_(value_dtype(vocab_size, metadata))),
         pa.field("scale_shapes", pa.list_(pa.int32())),
         pa.field("meta", pa.string()),
     ]

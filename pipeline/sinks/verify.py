@@ -3,8 +3,9 @@
 Problems reported (any one makes the exit code non-zero):
   missing    an input shard with no committed manifest (or a manifest whose data file is gone)
   partial    a data file without manifest (interrupted commit), a data file whose checksum or
-             row count differs from its manifest, or whose original rows do not match the
-             samples of the input tar (count and keys, in order)
+             row count differs from its manifest, whose original rows do not match the
+             samples of the input tar (count and keys, in order), or with rows whose tokens do
+             not fill their scale_shapes (codes x groups, or latents x latent_channels)
   stale      a manifest from a different job fingerprint than OUT/_job.json
   orphan     a data file or manifest that belongs to no input shard
   duplicate  a key+variant appearing in more than one `ok` row of a shard
@@ -18,10 +19,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.sinks.manifest import read_all_manifests
-from pipeline.sinks.schema import ORIGINAL_VARIANT
+from pipeline.sinks.schema import ORIGINAL_VARIANT, decode_metadata
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.listing import expand_shards
 from pipeline.sources.tar_stream import UnreadableShard, count_samples
@@ -118,6 +122,10 @@ def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, 
             seen.add((k, v))
     if dups:
         report.add("duplicate", f"{name}: keys with more than one ok row: {sorted(dups)[:5]}")
+    malformed = malformed_rows(table)
+    if malformed:
+        report.add("partial", f"{name}: {len(malformed)} rows whose tokens do not fill their scale_shapes "
+                              f"(keys {[keys[i] for i in malformed[:5]]})")
     if not check_tars:
         return
     try:
@@ -129,3 +137,23 @@ def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, 
         report.add("partial", f"{name}: {len(original_keys)} sample rows but the input tar has {count} samples")
     elif tar_keys != original_keys:
         report.add("partial", f"{name}: sample keys differ from the input tar's (order or names)")
+
+
+def malformed_rows(table: pa.Table) -> list[int]:
+    """Rows whose token count is not sum(h*w) over their scale_shapes times the values per
+    position (groups for codes, latent_channels for latents), and ok rows without tokens."""
+    meta = decode_metadata(table.schema)
+    per_position = int(meta.get("latent_channels") or 1) if meta.get("continuous") else int(meta.get("groups") or 1)
+    shapes = table.column("scale_shapes").combine_chunks()
+    offsets = shapes.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]
+    lengths = np.diff(offsets)
+    dims = shapes.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    if (lengths % 2).any():
+        return [int(i) for i in np.flatnonzero(lengths % 2)]
+    cells = np.concatenate([[0], np.cumsum(dims[0::2] * dims[1::2])])
+    expected = (cells[offsets[1:] // 2] - cells[offsets[:-1] // 2]) * per_position
+    got = pc.list_value_length(table.column("tokens")).to_numpy(zero_copy_only=False)
+    got = np.nan_to_num(got.astype(np.float64), nan=0).astype(np.int64)
+    ok = np.asarray(table.column("status").to_pylist()) == "ok"
+    return [int(i) for i in np.flatnonzero((got != expected) | (ok & (got == 0)))]

@@ -10,6 +10,14 @@ Runs in a thread pool (Pillow releases the GIL while decoding). Statuses a sampl
 and whatever the tar reader already set (duplicate_key, truncated_tar, corrupt_tar).
 CMYK, 16-bit, greyscale, palette and alpha images are converted to RGB and EXIF orientation is
 applied by `pipeline.tokenizers.preprocess.to_rgb`; `height`/`width` are of the upright image.
+
+JPEG draft (optional, `--jpeg-draft`): libjpeg can decode at 1/2, 1/4 or 1/8 scale straight from
+the DCT coefficients, several times faster than a full decode followed by a large downscale. Given
+the image policy, `draft_request` asks for the smallest such scale that still leaves at least the
+pixels the policy's resize needs, so the LANCZOS resize that follows only ever shrinks. The pixels
+differ from a full decode (DCT scaling is not LANCZOS), so the option is part of the job's token
+settings: a run with it and a run without it have different fingerprints and never share an output.
+`height`/`width` stay those of the full-size image.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ from typing import Any
 from PIL import Image
 
 from pipeline.sources.tar_stream import RawSample
-from pipeline.tokenizers.preprocess import to_rgb
+from pipeline.tokenizers.preprocess import PreprocessConfig, to_rgb
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pnm")
 LABEL_EXTENSION = "cls"
 META_EXTENSION = "json"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit (~ 9459 x 9459)
+DRAFT_FORMATS = ("JPEG", "MPO")
+EXIF_ORIENTATION = 0x0112
+SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that transpose the image
 
 
 @dataclass
@@ -58,7 +69,33 @@ def find_image_member(sample: RawSample) -> str | None:
     return None
 
 
-def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedSample:
+def draft_request(size: tuple[int, int], policy: PreprocessConfig) -> tuple[int, int] | None:
+    """The (w, h) to pass to `Image.draft` for an image of stored size `size` under `policy`, or
+    None when DCT scaling cannot help (it only pays at a reduction of 2x or more).
+
+    Pillow picks the largest scale 1/s (s in 8, 4, 2) with w // rw >= s and h // rh >= s, so the
+    drafted image is at least (rw, rh): exactly what the policy's resize needs.
+    Orientation does not matter: the requests are symmetric or scale both sides alike.
+    """
+    w, h = size
+    if policy.mode == "center-crop":
+        side = round(policy.size * policy.resize_ratio)   # the shorter side after resize_shorter
+        want = (side, side)                               # min(w // side, h // side) = short // side
+    elif policy.mode == "resize":
+        want = (policy.size, policy.size)
+    elif policy.max_side is not None and max(w, h) > policy.max_side:
+        scale = policy.max_side / max(w, h)
+        want = (max(1, round(w * scale)), max(1, round(h * scale)))
+    else:
+        return None
+    if min(w // want[0], h // want[1]) < 2:
+        return None
+    return want
+
+
+def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  draft: PreprocessConfig | None = None) -> DecodedSample:
+    """`draft`: the image policy to DCT-scale JPEGs for (see the module doc), None for full decodes."""
     out = DecodedSample(index=sample.index, key=sample.key)
     out.meta = _text(sample, META_EXTENSION)
     label_text = _text(sample, LABEL_EXTENSION)
@@ -86,14 +123,30 @@ def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS) -> De
             if pixels > max_pixels:
                 return out.fail("too_large", f"{image.width}x{image.height} image has {pixels} pixels, over the "
                                              f"limit of {max_pixels} (decompression bomb guard)")
+            full = None  # the upright full size, when drafting makes the decoded image smaller
+            if draft is not None and image.format in DRAFT_FORMATS:
+                request = draft_request(image.size, draft)
+                if request is not None:
+                    full = _upright_size(image)
+                    image.draft("RGB", request)
             image.load()
             rgb = to_rgb(image)
     except Image.DecompressionBombError as e:
         return out.fail("too_large", f"decompression bomb guard: {e}")
     except Exception as e:  # Pillow raises many types for broken files; all of them mean "bad image"
         return out.fail("decode_error", f".{ext}: {type(e).__name__}: {e}")
-    out.image, out.width, out.height = rgb, rgb.width, rgb.height
+    out.image, (out.width, out.height) = rgb, full or rgb.size
     return out
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, read from the header (before any draft)."""
+    w, h = image.size
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # a broken EXIF block: to_rgb's exif_transpose decides what happens
+        orientation = None
+    return (h, w) if orientation in SWAPS_SIDES else (w, h)
 
 
 def _text(sample: RawSample, ext: str) -> str | None:

@@ -38,16 +38,22 @@ RELEASED_CONFIG: dict[str, Any] = {
     "v_patch_nums": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
     "test_mode": True,
 }
-# Hard-wired inside the reference class (not constructor arguments).
+# Hard-wired inside the reference class (not constructor arguments). scaletok accepts them as two
+# extra config keys, `ch_mult` and `num_res_blocks`, for small tokenizers of our own (the embedded
+# default is an f8 model); when absent the reference's values apply and the config, fingerprint
+# and state-dict layout are exactly the reference's.
 CH_MULT = (1, 1, 2, 2, 4)
 NUM_RES_BLOCKS = 2
 DOWNSAMPLE = 2 ** (len(CH_MULT) - 1)
+ARCH_KEYS = ("ch_mult", "num_res_blocks")
 
 
 class VQVAE(nn.Module):
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
-        arch = dict(ch=cfg["ch"], ch_mult=CH_MULT, num_res_blocks=NUM_RES_BLOCKS, dropout=cfg["dropout"],
+        ch_mult = tuple(int(m) for m in cfg.get("ch_mult", CH_MULT))
+        arch = dict(ch=cfg["ch"], ch_mult=ch_mult, num_res_blocks=int(cfg.get("num_res_blocks", NUM_RES_BLOCKS)),
+                    dropout=cfg["dropout"],
                     in_channels=3, z_channels=cfg["z_channels"], using_sa=True, using_mid_sa=True)
         self.encoder = Encoder(double_z=False, **arch)
         self.decoder = Decoder(**arch)
@@ -57,9 +63,10 @@ class VQVAE(nn.Module):
         ks = cfg["quant_conv_ks"]
         self.quant_conv = nn.Conv2d(cfg["z_channels"], cfg["z_channels"], ks, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(cfg["z_channels"], cfg["z_channels"], ks, padding=ks // 2)
+        self.downsample = 2 ** (len(ch_mult) - 1)
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W), H and W multiples of 16 -> continuous latent f (B, Cvae, H/16, W/16)."""
+        """Images (B, 3, H, W), H, W multiples of the downsample (16) -> latent f (B, Cvae, H/16, W/16)."""
         return self.quant_conv(self.encoder(x))
 
     def fhat_to_image(self, f_hat: torch.Tensor) -> torch.Tensor:
@@ -78,6 +85,7 @@ class VarVQVAETokenizer(Tokenizer):
         self.patch_nums = tuple(int(p) for p in config["v_patch_nums"])
         self.latent_channels = int(config["z_channels"])
         self.tile_convention = "fixed"
+        self.downsample = model.downsample
 
     @property
     def quantizer(self) -> MultiScaleResidualQuantizer:
@@ -88,13 +96,15 @@ class VarVQVAETokenizer(Tokenizer):
                 overlap: int | None) -> MultiScaleTokens:
         b, _, h, w = x.shape
         if tile_size:
-            plan = tiling.plan_tiles(h, w, tile_size, overlap or 0, multiple_of=DOWNSAMPLE)
+            ds = self.downsample
+            plan = tiling.plan_tiles(h, w, tile_size, overlap or 0, multiple_of=ds)
             canvas = tiling.pad_to(x, plan.padded_height, plan.padded_width)
             latents = [self.model.encode_latent(t).float() for t in tiling.crop_tiles(canvas, plan)]
-            f = tiling.blend(latents, plan.scaled(DOWNSAMPLE), convention=self.tile_convention)
+            f = tiling.blend(latents, plan.scaled(ds), convention=self.tile_convention)
             padded = (plan.padded_height, plan.padded_width)
         else:
-            padded = (-(-h // DOWNSAMPLE) * DOWNSAMPLE, -(-w // DOWNSAMPLE) * DOWNSAMPLE)
+            ds = self.downsample
+            padded = (-(-h // ds) * ds, -(-w // ds) * ds)
             f = self.model.encode_latent(tiling.pad_to(x, *padded)).float()
         out = self.quantizer(f, patch_nums)
         return MultiScaleTokens(grids=out.indices, patch_nums=patch_nums, image_size=(h, w), padded_size=padded)
@@ -146,14 +156,23 @@ def _fit_usage_buffer(sd: dict[str, torch.Tensor], model: VQVAE) -> dict[str, to
 def build_var_vqvae(checkpoint: str | None = None, config: dict[str, Any] | None = None, *,
                     precision: str = "fp32", device: str = "cpu", preprocess: PreprocessConfig | None = None,
                     seed: int = 0, tile_convention: str = "fixed") -> VarVQVAETokenizer:
+    config = dict(config or {})
+    arch = {k: config.pop(k) for k in ARCH_KEYS if k in config}
     cfg = merge_config(RELEASED_CONFIG, config, "var-vqvae")
     cfg["v_patch_nums"] = tuple(int(p) for p in cfg["v_patch_nums"])
+    if "ch_mult" in arch:
+        arch["ch_mult"] = tuple(int(m) for m in arch["ch_mult"])
+        if not arch["ch_mult"] or any(m < 1 for m in arch["ch_mult"]):
+            raise ValueError(f"var-vqvae: ch_mult must be a non-empty list of positive ints, got {arch['ch_mult']}")
+    if "num_res_blocks" in arch and int(arch["num_res_blocks"]) < 1:
+        raise ValueError(f"var-vqvae: num_res_blocks must be >= 1, got {arch['num_res_blocks']}")
+    cfg.update(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # deterministic random weights when no checkpoint is given
         model = VQVAE(cfg)
     if checkpoint is not None:
         load_into(model, _fit_usage_buffer(read_state_dict(checkpoint), model), source=str(checkpoint))
     tok = VarVQVAETokenizer(model, cfg, precision=precision, device=device,
-                            preprocess_config=preprocess or PreprocessConfig(size=16 * cfg["v_patch_nums"][-1]))
+                            preprocess_config=preprocess or PreprocessConfig(size=model.downsample * cfg["v_patch_nums"][-1]))
     tok.tile_convention = tile_convention
     return tok

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import logging
 from typing import Any, Sequence
 
-log = logging.getLogger(__name__)
+from pipeline.training.curves import plot_panels
 
 
 def step_row(step: int, loss: float, ce_per_scale: Sequence[float], acc_per_scale: Sequence[float],
@@ -24,36 +22,12 @@ def step_row(step: int, loss: float, ce_per_scale: Sequence[float], acc_per_scal
 def plot_curves(rows: Sequence[dict[str, Any]], title: str = "") -> bytes | None:
     """PNG bytes with loss, per-scale accuracy, lr and throughput against the step (None without
     matplotlib or rows)."""
+    rows = [r for r in rows if "step" in r]
     if not rows:
         return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # optional dependency: the JSONL is the record
-        log.warning("matplotlib is not installed; skipping the metrics plot")
-        return None
-    steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    ax = axes[0][0]
-    ax.plot(steps, [r["loss"] for r in rows], label="loss (mean CE)")
-    ax.plot(steps, [r["Lt"] for r in rows], label="last-scale CE", alpha=0.7)
-    ax.set_title("loss"); ax.legend(); ax.set_xlabel("step")
-    ax = axes[0][1]
-    n_scales = len(rows[0]["acc_per_scale"])
-    for k in range(n_scales):
-        ax.plot(steps, [r["acc_per_scale"][k] for r in rows], label=f"scale {k}", alpha=0.8)
-    ax.set_title("top-1 accuracy per scale (%)"); ax.legend(fontsize=6, ncol=2); ax.set_xlabel("step")
-    ax = axes[1][0]
-    ax.plot(steps, [r["lr"] for r in rows])
-    ax.set_title("learning rate"); ax.set_xlabel("step")
-    ax = axes[1][1]
-    ax.plot(steps, [r["tokens_per_s"] for r in rows])
-    ax.set_title("tokens / s (all workers)"); ax.set_xlabel("step")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    n_scales = max(len(r.get("acc_per_scale") or ()) for r in rows)
+    # the per-scale list becomes one key per scale so the shared plotter draws one line each
+    flat = [{**r, **{f"scale {k}": a for k, a in enumerate(r.get("acc_per_scale") or ())}} for r in rows]
+    panels = {"loss": ("loss", "Lt"), "top-1 accuracy per scale (%)": tuple(f"scale {k}" for k in range(n_scales)),
+              "learning rate": ("lr",), "tokens / s (all workers)": ("tokens_per_s",)}
+    return plot_panels(flat, panels, title=title)

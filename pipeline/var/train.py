@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from pipeline.config import from_dict, to_dict
+from pipeline.ray_connect import init_ray
 from pipeline.tokenizers import MultiScaleTokens, load_tokenizer
 from pipeline.var.checkpointing import METRICS_FILE, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
 from pipeline.var.data import check_tokenizer, count_ok_rows, make_collate, open_token_source, token_dataset
@@ -96,8 +97,7 @@ def fit(cfg: TrainConfig) -> FitResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, log_to_driver=True)
+    init_ray(cfg.ray_address, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress_bars
     fs, run_dir = storage_fs(cfg)
     fs.makedirs(run_dir, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Pieces every Ray Train job shares (curves of a metrics JSONL, ...), independent of any model."""
