@@ -1,5 +1,6 @@
-# Two entry points: `make demo` (the tokenize job end to end on the bundled sample corpus) and
-# `make test` (the test suite). Both create .venv and install everything they need.
+# Two entry points: `make demo` (sample corpus -> tokenize job -> verify -> train a small VAR -> sample ->
+# report, on the embedded default tokenizer) and `make test` (the test suite). Both create .venv and
+# install everything they need.
 # torch is pinned through constraints.txt to the CPU build on disk; an unpinned install would
 # resolve to a newer CUDA build of several GB.
 PYTHON ?= python3

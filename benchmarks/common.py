@@ -34,6 +34,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RAY_NODE_IP = "127.0.0.2"  # keeps Ray on loopback (Ray rewrites 127.0.0.1 to the external address)
 
 
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by whatever runs on the machine now, measured over `seconds` from
+    /proc/stat (None where it does not exist). Unlike the load average, which trails a finished
+    run for minutes, this tells whether *now* something competes with the benchmark."""
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+    first = read()
+    time.sleep(seconds)
+    second = read()
+    if first is None or second is None or second[1] == first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)
+
+
 def conditions(device: str = "cpu") -> dict[str, Any]:
     """The stamp every result line carries: enough to tell whether two numbers are comparable."""
     import torch
@@ -57,6 +77,7 @@ def conditions(device: str = "cpu") -> dict[str, Any]:
         pass
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cpus = os.cpu_count() or 1
+    busy = busy_cores()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -64,8 +85,10 @@ def conditions(device: str = "cpu") -> dict[str, Any]:
         "cpu_flags": flags,
         "cpus": cpus,
         "load_1m_at_start": round(load1, 2) if load1 is not None else None,
-        # More runnable work than cores before we even started: the timings are contended.
-        "contended": bool(load1 is not None and load1 > 0.5 * cpus),
+        "busy_cores_at_start": round(busy, 2) if busy is not None else None,
+        # Something else used more than a fifth of the machine just before we started: the
+        # timings are contended. (The load average is kept for the record; it lags by minutes.)
+        "contended": bool(busy > 0.2 * cpus) if busy is not None else bool(load1 is not None and load1 > 0.5 * cpus),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "ray": ray_version,

@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{family:<10} {size:>5} {precision:>5} {batch:>5} {int(channels_last):>3} "
                           f"{int(compile_model):>3} {r['img_per_s']:>8.3f} {r['s_per_batch']:>8.2f} "
                           f"{r['gflop_per_img']:>10.1f} {r['achieved_tflop_s']:>8.3f}", flush=True)
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps({**stamp, **r}) + "\n")
+                    with open(args.json, "a") as f:  # config None = the released model
+                        f.write(json.dumps({**stamp, **r, "config": config, "checkpoint": checkpoint}) + "\n")
     return 0
 
 

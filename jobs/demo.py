@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[5/{steps}] samples: {samples}")
     from pipeline.report import build_report
 
-    report = build_report(output, run_dir=run_dir, sample_images=0)
+    report = build_report(output, run_dir=run_dir, sample_images=8)
     print(f"report: {report}")
     return 0
 

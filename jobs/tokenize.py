@@ -34,6 +34,8 @@ HELP = {
     "precision": "fp32 | bf16 encoder autocast (nearest-code search is always fp32)",
     "max_shard_retries": "retries of a shard whose attempt failed (unreadable, actor died) before it is reported",
     "startup_wait_s": "wait up to this long for the whole actor pool before handing out shards (benchmarks)",
+    "actor_start_timeout_s": "fail the job if not one tokenizer actor is placed and started within this many "
+                             "seconds (the cluster is full, or no node will ever fit one)",
     "max_image_pixels": "decompression-bomb guard: larger images get status too_large",
     "max_member_bytes": "tar members larger than this are not read (status too_large)",
     "row_group_rows": "Parquet row group size in rows",

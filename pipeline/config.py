@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import typing
 from typing import Any, TypeVar
 
@@ -106,11 +107,19 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return from_dict(cls, data)
 
 
+_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+
+
 def parse_kv(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ValueError(f"expected KEY=VALUE, got {item!r}")
     key, value = item.split("=", 1)
-    return key, yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    # YAML 1.1 reads "0123" as octal 83 and "1:20" as 80: a secret or an id that merely looks
+    # numeric must arrive as typed. Only plain decimal integers become ints.
+    if isinstance(parsed, int) and not isinstance(parsed, bool) and not _PLAIN_INT.fullmatch(value.strip()):
+        return key, value
+    return key, parsed
 
 
 def _strip_optional(tp: Any) -> Any:

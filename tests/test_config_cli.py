@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from pipeline import cli
-from pipeline.config import add_dataclass_args, config_from_args, from_dict, load_config, save_config
+from pipeline.config import add_dataclass_args, config_from_args, from_dict, load_config, parse_kv, save_config
 
 
 @dataclass
@@ -73,3 +73,30 @@ def test_console_script_lists_commands():
         assert command in out.stdout
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "no-such-command"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_key_value_flags_keep_numeric_looking_strings():
+    # YAML 1.1 would read these as octal / sexagesimal / hex integers: a secret like 0123 must
+    # reach the storage backend as typed
+    assert parse_kv("secret=0123") == ("secret", "0123")
+    assert parse_kv("id=1:20") == ("id", "1:20")
+    assert parse_kv("x=0x1f") == ("x", "0x1f")
+    assert parse_kv("ch=32") == ("ch", 32) and parse_kv("n=-3") == ("n", -3) and parse_kv("z=0") == ("z", 0)
+    assert parse_kv("lr=1.5") == ("lr", 1.5) and parse_kv("on=true") == ("on", True)
+    assert parse_kv("client_kwargs={endpoint_url: http://h:9000}") == ("client_kwargs", {"endpoint_url": "http://h:9000"})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_kv("no-equals-sign")
+
+
+def test_saved_job_config_masks_secrets_at_any_depth():
+    from pipeline.runner.job import redact_secrets
+
+    opts = {"key": "AKIA", "anon": False, "client_kwargs": {"endpoint_url": "http://h", "aws_secret_access_key": "s",
+                                                            "aws_session_token": "t"},
+            "config_kwargs": [{"password": "p"}]}
+    masked = redact_secrets(opts)
+    assert masked == {"key": "***", "anon": False,
+                      "client_kwargs": {"endpoint_url": "http://h", "aws_secret_access_key": "***",
+                                        "aws_session_token": "***"},
+                      "config_kwargs": [{"password": "***"}]}
+    assert opts["client_kwargs"]["aws_secret_access_key"] == "s"  # the job's own options are untouched

@@ -49,6 +49,7 @@ class TokenizeConfig:
     latent_dtype: str = "float16"  # continuous tokenizers: float16 | float32 (fp32 precision only)
     max_shard_retries: int = 3
     startup_wait_s: float = 0.0
+    actor_start_timeout_s: float = 1800.0   # no actor placed by then: give up (autoscalers take minutes)
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS

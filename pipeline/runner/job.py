@@ -35,12 +35,21 @@ def log(message: str) -> None:
     print(f"[scaletok tokenize] {message}", flush=True)
 
 
+def redact_secrets(value: Any) -> Any:
+    """Storage options with every secret-looking key masked, at any depth (s3fs takes keys both
+    at the top and inside client_kwargs / config_kwargs)."""
+    if isinstance(value, dict):
+        return {k: ("***" if isinstance(k, str) and any(h in k.lower() for h in SECRET_HINTS)
+                    else redact_secrets(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_secrets(v) for v in value)
+    return value
+
+
 def redacted(cfg: TokenizeConfig) -> TokenizeConfig:
     import dataclasses
 
-    opts = {k: ("***" if any(h in k.lower() for h in SECRET_HINTS) else v)
-            for k, v in (cfg.storage_options or {}).items()}
-    return dataclasses.replace(cfg, storage_options=opts)
+    return dataclasses.replace(cfg, storage_options=redact_secrets(cfg.storage_options or {}))
 
 
 def prepare_output(layout: OutputLayout, spec: JobSpec, cfg: TokenizeConfig) -> None:
@@ -213,6 +222,7 @@ def _run_pool(cfg: TokenizeConfig, spec: JobSpec, todo: list, on_scheduler) -> S
         scheduler = ShardScheduler(spec, todo, num_actors=num_actors, gpus_per_actor=gpus,
                                    cpus_per_actor=cfg.cpus_per_actor, max_retries=cfg.max_shard_retries,
                                    reporter=counter, on_progress=on_progress, startup_wait_s=cfg.startup_wait_s,
+                                   actor_start_timeout_s=cfg.actor_start_timeout_s,
                                    shards_per_actor=cfg.shards_per_actor)
         if on_scheduler is not None:
             on_scheduler(scheduler)

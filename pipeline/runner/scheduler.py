@@ -27,6 +27,7 @@ from pipeline.runner.shard_task import ShardResult
 from pipeline.sources.listing import Shard
 
 POLL_S = 0.5
+WAITING_NOTE_S = 60.0  # how often a job whose actors are not placed yet says so
 
 
 @dataclass
@@ -78,11 +79,12 @@ class ShardScheduler:
                  cpus_per_actor: float, max_retries: int, reporter: Any = None,
                  on_progress: Callable[[int, int], None] | None = None,
                  runtime_env: dict[str, Any] | None = None, startup_wait_s: float = 0.0,
-                 shards_per_actor: int = 1) -> None:
+                 shards_per_actor: int = 1, actor_start_timeout_s: float = 1800.0) -> None:
         self.spec = spec
         self.queue: collections.deque[Shard] = collections.deque(shards)
         self.num_actors = max(1, min(num_actors, len(shards)))
         self.cpus_per_actor = cpus_per_actor
+        self.gpus_per_actor = gpus_per_actor
         self.shards_per_actor = max(1, int(shards_per_actor))
         self.actor_class = make_actor_class(gpus_per_actor, cpus_per_actor, runtime_env,
                                             max_concurrency=self.shards_per_actor)
@@ -96,7 +98,9 @@ class ShardScheduler:
         self.in_flight: dict[Any, tuple[ActorSlot, Shard, float]] = {}
         self.startup_failures: list[str] = []
         self.startup_wait_s = startup_wait_s
+        self.actor_start_timeout_s = actor_start_timeout_s
         self.started = time.perf_counter()
+        self.next_waiting_note = self.started + WAITING_NOTE_S
 
     # ------------------------------------------------------------------ actors
     def _spawn(self, index: int) -> ActorSlot:
@@ -131,6 +135,8 @@ class ShardScheduler:
                 if not self.live_slots():
                     self._give_up("no tokenizer actor could start: " + "; ".join(self.startup_failures[-3:]))
                     break
+                if not self._any_actor_started() and self._waited_too_long():
+                    break
                 waiting = {s.ready_ref: s for s in self.live_slots() if s.info is None}
                 refs = list(self.in_flight) + list(waiting)
                 done, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
@@ -146,6 +152,25 @@ class ShardScheduler:
         self.outcome.slots = self.slots
         self.outcome.startup_errors = list(self.startup_failures)
         return self.outcome
+
+    def _any_actor_started(self) -> bool:
+        return any(s.info is not None for s in self.slots)
+
+    def _waited_too_long(self) -> bool:
+        """No actor has started yet: say so now and then, and give up after the timeout (Ray keeps
+        an unplaceable actor pending forever: a full cluster would otherwise hang the job)."""
+        now = time.perf_counter()
+        waited = now - self.started
+        if waited > self.actor_start_timeout_s:
+            self._give_up(f"no tokenizer actor was placed and started within {self.actor_start_timeout_s:.0f} s "
+                          f"(each needs {self.cpus_per_actor} CPU, {self.gpus_per_actor} GPU; cluster free now: "
+                          f"{_free_resources()}); free the cluster or raise --actor-start-timeout-s")
+            return True
+        if now >= self.next_waiting_note:
+            self.next_waiting_note = now + WAITING_NOTE_S
+            print(f"[scaletok tokenize] waiting {waited:.0f} s for tokenizer actors to be placed "
+                  f"(cluster free now: {_free_resources()})", flush=True)
+        return False
 
     def _dispatch(self) -> None:
         if time.perf_counter() - self.started < self.startup_wait_s and \
@@ -217,6 +242,13 @@ class ShardScheduler:
     def _give_up(self, reason: str) -> None:
         while self.queue:
             self.outcome.failed[self.queue.popleft().name] = reason
+
+
+def _free_resources() -> dict[str, float]:
+    try:
+        return {k: v for k, v in sorted(ray.available_resources().items()) if k in ("CPU", "GPU")}
+    except Exception:
+        return {}
 
 
 def _short(e: BaseException) -> str:

@@ -89,25 +89,43 @@ def build_manifest(*, shard: str, input_url: str, data_file: str, data: bytes, r
 
 
 def commit_shard(layout: OutputLayout, shard: str, data: bytes, manifest: dict[str, Any]) -> bool:
-    """Steps 1 and 2 above. Returns True if this attempt created the manifest, False if an
-    identical commit was already there. Raises CommitConflict otherwise."""
-    layout.put(layout.data_path(shard), data)
-    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    if layout.create_if_absent(layout.manifest_path(shard), text):
-        return True
+    """Steps 1 and 2 above. Returns True if this attempt created the manifest, False if the shard
+    was already committed by this job. Raises CommitConflict otherwise.
+
+    A retry that finds the shard committed leaves the data file alone: the manifest's checksum
+    describes the bytes that are there, and rewriting them would break that if encoding were not
+    bit-reproducible (bf16 or non-deterministic GPU kernels)."""
     existing = read_manifest(layout, shard)
-    if existing is None or existing.get("fingerprint") != manifest["fingerprint"] \
-            or existing.get("sha256") != manifest["sha256"]:
-        raise CommitConflict(f"{layout.manifest_path(shard)} already exists with a different fingerprint or data "
-                             f"checksum; is another job writing to {layout.url}?")
+    if existing is None:
+        layout.put(layout.data_path(shard), data)
+        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        if layout.create_if_absent(layout.manifest_path(shard), text):
+            return True
+        existing = read_manifest(layout, shard)  # another attempt committed between the two steps
+    if existing is None or existing.get("fingerprint") != manifest["fingerprint"]:
+        raise CommitConflict(f"{layout.manifest_path(shard)} already exists with a different fingerprint; "
+                             f"is another job writing to {layout.url}?")
+    if existing.get("sha256") != manifest["sha256"]:
+        raise CommitConflict(
+            f"{layout.manifest_path(shard)}: two attempts of the same job encoded {shard} to different bytes "
+            f"(sha256 {existing.get('sha256')} vs {manifest['sha256']}); the encoding is not bit-reproducible "
+            f"on these workers (bf16, TF32 or non-deterministic kernels). Rerun with --precision fp32, or "
+            f"`scaletok verify` to check the committed file against its manifest.")
     return False
 
 
 def read_manifest(layout: OutputLayout, shard: str) -> dict[str, Any] | None:
+    """The shard's manifest; None when there is none. An unreadable one (not JSON, e.g. cut short
+    on a store without atomic creates) is reported as {"unreadable": True}, never as absent."""
     try:
-        return json.loads(layout.read_bytes(layout.manifest_path(shard)))
+        raw = layout.read_bytes(layout.manifest_path(shard))
     except FileNotFoundError:
         return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"unreadable": True}
+    return value if isinstance(value, dict) else {"unreadable": True}
 
 
 def read_all_manifests(layout: OutputLayout) -> dict[str, dict[str, Any]]:

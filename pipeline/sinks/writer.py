@@ -107,6 +107,11 @@ class OutputLayout:
                 return True
             except FileExistsError:
                 return False
+            except OSError:
+                # No hard links here (some FUSE/SMB mounts): O_EXCL create of the name itself.
+                # Still exactly once; a crash mid-write leaves a manifest that reads as
+                # unreadable (a conflict `verify` reports), never a silently done shard.
+                return _create_exclusive(path, data)
             finally:
                 os.unlink(tmp)
         try:
@@ -154,3 +159,18 @@ class OutputLayout:
     def _tmp_file(self, path: str) -> str:
         os.makedirs(self.tmp_dir, exist_ok=True)
         return os.path.join(self.tmp_dir, f"{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True

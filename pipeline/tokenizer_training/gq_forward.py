@@ -49,12 +49,27 @@ class GQRegularizer:
         if bits is None:
             return {}
         t, tol, f = self.target, self.tolerance, self.factor
-        mean, high, low = float(bits.mean()), float(bits.max()), float(bits.min())
+        mean, high, low = global_bit_stats(bits)
         self.lam = self.lam * f if mean > t else self.lam / f
         self.lam_max = min(1e3, max(1.0, self.lam_max * f if high > t + tol else self.lam_max / f))
         self.lam_min = min(1.0, max(1e-3, self.lam_min / f if low < t - tol else self.lam_min * f))
         return {"kl_bits_mean": mean, "kl_bits_max": high, "kl_bits_min": low, "lam": self.lam,
                 "lam_min": self.lam_min, "lam_max": self.lam_max}
+
+
+def global_bit_stats(bits: torch.Tensor) -> tuple[float, float, float]:
+    """(mean, max, min) of the KL bits over every worker's batch, so that under DDP each rank
+    takes the same lam steps (and the lam-weighted losses stay identical across ranks); on one
+    process just the batch's own."""
+    import torch.distributed as dist
+
+    stats = torch.stack([bits.sum(), torch.tensor(float(bits.numel()), device=bits.device), bits.max(), -bits.min()])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        sums, maxes = stats[:2].clone(), stats[2:].clone()
+        dist.all_reduce(sums)
+        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        stats = torch.cat([sums, maxes])
+    return float(stats[0] / stats[1]), float(stats[2]), float(-stats[3])
 
 
 def gq_forward(model, x: torch.Tensor, tok, reg: GQRegularizer, kl_weight: float = 0.1) -> ForwardOutput:

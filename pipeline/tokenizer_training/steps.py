@@ -70,7 +70,10 @@ class Trainer:
     def __init__(self, cfg: TokenizerTrainConfig, family: Family, device: torch.device, rank: int = 0,
                  world: int = 1, restored: Restored | None = None) -> None:
         self.cfg, self.family, self.device, self.rank, self.world = cfg, family, device, rank, world
-        self.raw = family.model.to(device)
+        # The tokenizer (not only its model) moves: evaluation calls tok.encode, which sends its
+        # input to tok.device.
+        family.tokenizer.to(device)
+        self.raw = family.model
         self.step, self.history = 0, []
         if restored is not None:
             self.raw.load_state_dict(restored.model)

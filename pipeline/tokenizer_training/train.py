@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import tempfile
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +28,8 @@ import torch
 from pipeline.config import from_dict, save_config, to_dict
 from pipeline.ray_connect import init_ray
 from pipeline.tokenizer_training.config import TokenizerTrainConfig
+from pipeline.training.console import say
+from pipeline.training.run_config import ray_run_config
 from pipeline.training.curves import plot_panels
 from pipeline.var.checkpointing import METRICS_FILE, read_jsonl
 from pipeline.var.train import storage_fs
@@ -74,8 +77,7 @@ def fit(cfg: TokenizerTrainConfig) -> FitResult:
     if cfg.eval_shards and not expand_shards(cfg.eval_shards, cfg.storage_options):
         raise ValueError(f"no evaluation shards match {cfg.eval_shards!r}")
 
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     init_ray(cfg.ray_address, log_to_driver=True)
@@ -88,11 +90,8 @@ def fit(cfg: TokenizerTrainConfig) -> FitResult:
         train_loop_config={"config": to_dict(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(
-            name=cfg.name, storage_path=posixpath.dirname(run_dir),
-            storage_filesystem=PyFileSystem(FSSpecHandler(fs)),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+        run_config=ray_run_config(cfg.name, run_dir, fs, max_failures=cfg.max_failures,
+                                  keep_checkpoints=cfg.keep_checkpoints),
     )
     result = trainer.fit()
     history = read_jsonl(posixpath.join(run_dir, METRICS_FILE), fs=fs)
@@ -101,7 +100,12 @@ def fit(cfg: TokenizerTrainConfig) -> FitResult:
         fs.pipe_file(posixpath.join(run_dir, "metrics.png"), png)
     ckpt = result.checkpoint
     export = posixpath.join(run_dir, EXPORT_WEIGHTS)
-    return FitResult(run_dir=run_dir, final_step=(result.metrics or {}).get("step"),
+    final_step = (result.metrics or {}).get("step")
+    if final_step is None and ckpt is not None:
+        # A rerun of a finished run reports nothing new: its step is the latest checkpoint's.
+        found = re.fullmatch(r"checkpoint_(\d+)", posixpath.basename(ckpt.path.rstrip("/")))
+        final_step = int(found.group(1)) if found else None
+    return FitResult(run_dir=run_dir, final_step=final_step,
                      checkpoint=ckpt.path if ckpt is not None else None,
                      export=export if fs.exists(export) else None, metrics=result.metrics, history=history)
 
@@ -147,8 +151,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                  min_scale=cfg.min_scale)
     if rank == 0:
         n_params = sum(p.numel() for p in family.model.parameters())
-        print(f"[train-tokenizer] {cfg.family} world={world} device={device} steps {trainer.step}->{cfg.max_steps} "
-              f"params={n_params:,} batch={cfg.per_worker_batch}x{world} crop={cfg.crop_size}", flush=True)
+        say(f"[train-tokenizer] {cfg.family} world={world} device={device} steps {trainer.step}->{cfg.max_steps} "
+              f"params={n_params:,} batch={cfg.per_worker_batch}x{world} crop={cfg.crop_size}")
 
     for x in stream:
         if trainer.step >= cfg.max_steps:
@@ -157,13 +161,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step = trainer.step
         if rank == 0 and row is not None:
             trainer.history.append(row)
-            print(f"[train-tokenizer] step {step}/{cfg.max_steps} loss {row['loss']:.4f} rec {row['rec']:.4f} "
-                  f"quant {row['quant']:.4f} {row['images_per_s']:.1f} img/s", flush=True)
+            say(f"[train-tokenizer] step {step}/{cfg.max_steps} loss {row['loss']:.4f} rec {row['rec']:.4f} "
+                  f"quant {row['quant']:.4f} {row['images_per_s']:.1f} img/s")
         if eval_crops is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics, png = _evaluate(family, eval_crops)
             trainer.history.append({"step": step, "split": "eval", **{f"eval_{k}": v for k, v in metrics.items()}})
-            print(f"[train-tokenizer] eval step {step}: PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.3f} "
-                  f"usage {metrics['usage']:.3f}", flush=True)
+            say(f"[train-tokenizer] eval step {step}: PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.3f} "
+                  f"usage {metrics['usage']:.3f}")
             if png:
                 fs.makedirs(posixpath.join(run_dir, "eval"), exist_ok=True)
                 fs.pipe_file(posixpath.join(run_dir, "eval", f"recon_step{step:07d}.png"), png)

@@ -83,6 +83,13 @@ def tile_origins(padded: int, tile: int, overlap: int) -> tuple[int, ...]:
     return tuple(origins)
 
 
+def default_overlap(tile: int, multiple_of: int = 1) -> int:
+    """The overlap used when only a tile size is given: a quarter of the tile (a multiple of
+    `multiple_of`), enough for the Hann blend to hide seams; never 0, which leaves cells where
+    two tiles meet with no weight."""
+    return max(multiple_of, (tile // 4) // multiple_of * multiple_of)
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple_of: int = 1) -> TilePlan:
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")

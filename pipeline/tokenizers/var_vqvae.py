@@ -7,7 +7,8 @@ constructor's own arguments; missing keys take the released values.
 Beyond the reference (which asserts a 16x16 latent): any image size the conv net accepts is
 encoded (the canvas is padded bottom/right to a multiple of 16 and the scale grids follow the
 latent's aspect ratio), and `tile_size`/`overlap` encode images too large for one pass by
-blending the continuous latents of overlapping tiles before quantisation.
+blending the continuous latents of overlapping tiles before quantisation (overlap defaults to a
+quarter of the tile).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class VarVQVAETokenizer(Tokenizer):
         b, _, h, w = x.shape
         if tile_size:
             ds = self.downsample
-            plan = tiling.plan_tiles(h, w, tile_size, overlap or 0, multiple_of=ds)
+            ov = tiling.default_overlap(tile_size, ds) if overlap is None else int(overlap)
+            plan = tiling.plan_tiles(h, w, tile_size, ov, multiple_of=ds)
             canvas = tiling.pad_to(x, plan.padded_height, plan.padded_width)
             latents = [self.model.encode_latent(t).float() for t in tiling.crop_tiles(canvas, plan)]
             f = tiling.blend(latents, plan.scaled(ds), convention=self.tile_convention)

@@ -80,6 +80,24 @@ def _labels(model: Any, B: int, labels: Any, generator: torch.Generator | None, 
     return labels
 
 
+def _in_eval_mode(fn):
+    """Run `fn(model, ...)` with the model in eval mode (no class dropout, no drop path), then
+    put it back as it was: sampling from a model in the middle of training gives the same images
+    as sampling from the loaded checkpoint."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any):
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
+
+
+@_in_eval_mode
 @torch.no_grad()
 def sample(model: Any, B: int, labels: Sequence[int] | torch.Tensor | int | None = None, *,
            tokenizer: Any = None, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,

@@ -26,6 +26,8 @@ import torch
 from pipeline.config import from_dict, to_dict
 from pipeline.ray_connect import init_ray
 from pipeline.tokenizers import MultiScaleTokens, load_tokenizer
+from pipeline.training.console import say
+from pipeline.training.run_config import ray_run_config
 from pipeline.var.checkpointing import METRICS_FILE, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
 from pipeline.var.data import check_tokenizer, count_ok_rows, make_collate, open_token_source, token_dataset
 from pipeline.var.loading import load_var
@@ -93,8 +95,7 @@ def fit(cfg: TrainConfig) -> FitResult:
 
     import ray
     import ray.data
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     init_ray(cfg.ray_address, log_to_driver=True)
@@ -114,11 +115,8 @@ def fit(cfg: TrainConfig) -> FitResult:
                            "patch_nums": list(source.patch_nums)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(
-            name=cfg.name, storage_path=posixpath.dirname(run_dir),
-            storage_filesystem=PyFileSystem(FSSpecHandler(fs)),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+        run_config=ray_run_config(cfg.name, run_dir, fs, max_failures=cfg.max_failures,
+                                  keep_checkpoints=cfg.keep_checkpoints),
         datasets={"train": token_dataset(source, shuffle_files=cfg.shuffle_files)},
     )
     result = trainer.fit()
@@ -177,8 +175,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = {"max_steps": max_steps, "var_config": raw.config.to_dict(), "train_config": to_dict(cfg),
              "tokenizer": {**tok_spec, "fingerprint": tok.fingerprint()}}
     if rank == 0:
-        print(f"[train] world={world} device={device} steps {step}->{max_steps} "
-              f"params={raw.num_params():,} batch={cfg.per_worker_batch}x{world} lr={cfg.lr:.3g}", flush=True)
+        say(f"[train] world={world} device={device} steps {step}->{max_steps} "
+              f"params={raw.num_params():,} batch={cfg.per_worker_batch}x{world} lr={cfg.lr:.3g}")
 
     while step < max_steps:
         batches_this_epoch = 0
@@ -210,8 +208,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                    target.numel() * world, world)
                 if rank == 0:
                     history.append(row)
-                    print(f"[train] step {step}/{max_steps} loss {row['loss']:.4f} Accm {row['Accm']:.2f} "
-                          f"lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s", flush=True)
+                    say(f"[train] step {step}/{max_steps} loss {row['loss']:.4f} Accm {row['Accm']:.2f} "
+                          f"lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s")
             if step % cfg.ckpt_every == 0 or step == max_steps:
                 _report(step, raw, optimizer, {**state, "step": step}, history, rank, fs, run_dir)
         if batches_this_epoch == 0:
@@ -256,7 +254,7 @@ def _maybe_inject_failure(cfg: TrainConfig, step: int, rank: int, world: int, fs
     if fs.exists(marker):
         return
     fs.pipe_file(marker, f"worker {rank} exited at step {step}\n".encode())
-    print(f"[train] fault injection: worker {rank} exits at step {step}", flush=True)
+    say(f"[train] fault injection: worker {rank} exits at step {step}")
     os._exit(1)
 
 

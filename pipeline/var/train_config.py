@@ -29,9 +29,9 @@ class TrainConfig:
     init_adaln_gamma: float | None = None
     init_head: float = 0.02
     # optimisation (reference recipe)
-    batch_size: int = 768                     # global, over all workers
+    batch_size: int | None = None             # global, over all workers; None: the depth's recipe (768; 1024 for d30)
     max_steps: int = 0                        # 0: epochs * usable rows // batch_size
-    epochs: float = 200.0
+    epochs: float | None = None               # None: the depth's recipe (200 d16, 250 d20, 350 d24+)
     tblr: float | None = None                 # base lr per 256 images
     lr: float | None = None                   # peak lr; None: tblr * batch_size / 256
     betas: tuple[float, float] = (0.9, 0.95)
@@ -67,7 +67,9 @@ class TrainConfig:
                       tblr=r.tblr if self.tblr is None else self.tblr,
                       init_adaln_gamma=r.init_adaln_gamma if self.init_adaln_gamma is None else self.init_adaln_gamma,
                       wpe=r.wpe if self.wpe is None else self.wpe,
-                      twde=r.twde if self.twde is None else self.twde)
+                      twde=r.twde if self.twde is None else self.twde,
+                      batch_size=r.batch_size if self.batch_size is None else self.batch_size,
+                      epochs=float(r.epochs) if self.epochs is None else self.epochs)
         if cfg.lr is None:
             cfg = replace(cfg, lr=cfg.tblr * cfg.batch_size / 256)
         if cfg.cpus_per_worker is None:
@@ -75,10 +77,13 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
+        """Checks a `resolved()` config."""
         if not self.tokens:
             raise ValueError("TrainConfig.tokens is required (the tokenize job's output)")
         if self.num_workers < 1:
             raise ValueError("num_workers must be >= 1")
+        if self.batch_size is None or self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {self.batch_size}); resolve the config first")
         if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by num_workers {self.num_workers}")
         if self.ckpt_every < 1 or self.log_every < 1:

@@ -90,6 +90,8 @@ def test_rayjob_runs_our_entry_point_with_flags_it_accepts(name, module, config_
     module_name, class_name = config_class.split(":")
     cfg = config_from_args(getattr(importlib.import_module(module_name), class_name),
                            parser.parse_args(argv[3:]))  # SystemExit on an unknown flag
+    if hasattr(cfg, "resolved"):  # the training config fills the depth's recipe defaults first
+        cfg = cfg.resolved()
     cfg.validate()
     if module == "jobs.tokenize":
         assert cfg.input[0].startswith("s3://") and cfg.output.startswith("s3://")

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-# The README's commands (.notes/README-cluster.md), after the two start scripts. W is a scratch dir.
+# The README's commands ("Try the workflow on one machine"), after the two start scripts. W is a
+# scratch dir. test_readme_gives_exactly_these_commands keeps the two texts the same.
 TOKENIZE = r"""
 scaletok sample-corpus "$W/corpus" --num-shards 2 --samples-per-shard 8 --max-side 96
 python -c "import fsspec; fsspec.filesystem('s3').put('$W/corpus', 's3://$S3_BUCKET/corpus', recursive=True)"
@@ -183,3 +184,14 @@ def test_report_of_the_s3_output_and_the_training_run(local_stack, trained):
         with Image.open(io.BytesIO(base64.b64decode(data))) as image:
             image.verify()
     assert _s3(local_stack).exists(f"{local_stack['S3_BUCKET']}/tokens/report/samples.png")
+
+
+def test_readme_gives_exactly_these_commands():
+    """The cluster workflow the README tells users to run is the one these tests run."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### Try the workflow on one machine", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    for name, script in (("TOKENIZE", TOKENIZE), ("TRAIN", TRAIN), ("REPORT", REPORT)):
+        assert script.strip() in block, f"the README's local-cluster block no longer contains the {name} commands"
+    for script in ("infra/local/start-s3.sh", "infra/local/start-cluster.sh", "infra/local/stop-cluster.sh",
+                   "infra/local/stop-s3.sh"):
+        assert script in block and (ROOT / script).is_file(), script

@@ -115,3 +115,24 @@ def test_exact_cli_on_two_raylets(two_raylets, tmp_path):
                             capture_output=True, text=True, timeout=120, env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "6/6 shards verified" in verify.stdout
+
+
+def test_gpu_clusters_get_one_actor_per_gpu_by_default(two_raylets):
+    """Without --gpus-per-actor / --num-actors the pool is one 1-GPU actor per GPU of the cluster
+    (here 2 logical GPUs on 2 raylets); --gpus-per-actor 0 gives CPU actors."""
+    script = (
+        "import json, ray\n"
+        f"ray.init(address='{two_raylets}', logging_level='ERROR')\n"
+        "from pipeline.runner.config import TokenizeConfig\n"
+        "from pipeline.runner.job import pool_size\n"
+        "base = dict(input=['x.tar'], output='out', tokenizer='var-vqvae', cpus_per_actor=1)\n"
+        "print(json.dumps([pool_size(TokenizeConfig(**base), 10),\n"
+        "                  pool_size(TokenizeConfig(**base, gpus_per_actor=0), 10),\n"
+        "                  pool_size(TokenizeConfig(**base), 1)]))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=150,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stdout + run.stderr
+    default, cpu_only, one_shard = json.loads(run.stdout.strip().splitlines()[-1])
+    assert default == [2, 1.0]          # one actor per GPU, each pinned to one
+    assert cpu_only == [2, 0.0]         # 2 CPUs / 1 CPU per actor
+    assert one_shard == [1, 1.0]        # never more actors than shards

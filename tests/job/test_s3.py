@@ -19,10 +19,16 @@ BUCKET = "scaletok-job"
 
 
 @pytest.fixture(scope="module")
-def s3_corpus(s3_server, corpus_dir):
+def bucket(s3_server) -> str:
     fs = s3_server["fs"]
     if not fs.exists(BUCKET):
         fs.mkdir(BUCKET)
+    return BUCKET
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(s3_server, bucket, corpus_dir):
+    fs = s3_server["fs"]
     for path in sorted(corpus_dir.glob("*.tar")):
         fs.put(str(path), f"{BUCKET}/corpus/{path.name}")
     return f"s3://{BUCKET}/corpus"
@@ -52,7 +58,7 @@ def test_var_vqvae_from_s3_to_s3_matches_the_local_bytes(s3_server, s3_corpus, v
     assert report.clean, report.format()
 
 
-def test_conditional_create_commit_on_s3(s3_server):
+def test_conditional_create_commit_on_s3(s3_server, bucket):
     layout = OutputLayout(f"s3://{BUCKET}/commit", s3_server["storage_options"])
     manifest = {"fingerprint": "f1", "sha256": "x"}
     assert commit_shard(layout, "shard-a", b"data", manifest) is True

@@ -128,6 +128,41 @@ def test_local_commit_is_exactly_once(tmp_path):
         commit_shard(layout, "x", b"same", {"fingerprint": "g", "sha256": "s"})
 
 
+def test_a_retry_never_rewrites_a_committed_shard(tmp_path):
+    layout = OutputLayout(str(tmp_path / "out"))
+    layout.makedirs()
+    first = {"fingerprint": "f", "sha256": "s1"}
+    assert commit_shard(layout, "x", b"first bytes", first) is True
+    # the same job's retry with the same bytes: already committed, nothing rewritten
+    assert commit_shard(layout, "x", b"first bytes", first) is False
+    # a retry whose encoding came out different (not bit-reproducible) must not replace the
+    # committed bytes the manifest describes; it is reported, not hidden
+    with pytest.raises(CommitConflict, match="not bit-reproducible"):
+        commit_shard(layout, "x", b"other bytes", {"fingerprint": "f", "sha256": "s2"})
+    assert layout.read_bytes(layout.data_path("x")) == b"first bytes"
+    assert read_all_manifests(layout) == {"x": first}
+
+
+def test_commit_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
+    """Filesystems without hard links (some FUSE/SMB mounts) make os.link fail with EPERM; the
+    commit falls back to an O_EXCL create and stays exactly once."""
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted", dst)
+
+    monkeypatch.setattr(os, "link", no_links)
+    layout = OutputLayout(str(tmp_path / "out"))
+    layout.makedirs()
+    path = layout.manifest_path("y")
+    assert layout.create_if_absent(path, b"one") is True
+    assert layout.create_if_absent(path, b"two") is False
+    assert layout.read_bytes(path) == b"one" and os.listdir(layout.tmp_dir) == []
+    # a half-written manifest is a conflict, never "not committed yet"
+    with open(layout.manifest_path("z"), "wb") as f:
+        f.write(b'{"fingerprint": "f", "sha')
+    with pytest.raises(CommitConflict):
+        commit_shard(layout, "z", b"data", {"fingerprint": "f", "sha256": "s"})
+
+
 def test_verify_reports_each_problem_kind(ray_cluster, corpus_pattern, tmp_path):
     from pipeline.runner.job import run_tokenize
     from pipeline.sinks.verify import verify_output
@@ -147,3 +182,23 @@ def test_verify_reports_each_problem_kind(ray_cluster, corpus_pattern, tmp_path)
     assert report.problems["orphan"] == ["tokens/stray.parquet belongs to no input shard"]
     assert report.problems["partial"] == ["sample-000001: data file checksum differs from its manifest"]
     assert report.problems["stale"] and report.ok == ["sample-000000"]
+
+    # duplicate: a committed file (manifest updated to match) with one key's ok row twice
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    first = out / "tokens" / "sample-000000.parquet"
+    table = pq.read_table(first)
+    assert table.num_rows >= 2
+    doubled = table.take(list(range(table.num_rows - 1)) + [0])
+    pq.write_table(doubled, first, compression="zstd")
+    manifest_path = out / "_manifest" / "sample-000000.json"
+    manifest = json.loads(manifest_path.read_text())
+    raw = first.read_bytes()
+    manifest.update(sha256=hashlib.sha256(raw).hexdigest(), bytes=len(raw))
+    manifest_path.write_text(json.dumps(manifest))
+    report = verify_output(str(out), [corpus_pattern], check_tars=False)
+    key = table.column("key")[0].as_py()
+    assert report.problems["duplicate"] == [f"sample-000000: keys with more than one ok row: [{key!r}]"]
+    assert report.ok == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,24 @@ def test_variants_and_scale_superset(ray_cluster, corpus_dir, tmp_path):
     manifest = json.loads((out / "_manifest" / "sample-000000.json").read_text())
     assert manifest["rows"] == 8 and manifest["samples"] == 4 and manifest["ok"] == 4
     assert verify_output(str(out), [shard]).clean
+
+
+def test_a_full_cluster_fails_the_job_clearly_instead_of_hanging(ray_cluster, corpus_pattern, tmp_path, capsys):
+    """Ray keeps an actor it cannot place pending forever; the job gives up after
+    --actor-start-timeout-s, reports every shard as not done, and exits non-zero."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 0)
+    hog = ray.remote(num_cpus=free)(type("Hog", (), {"ping": lambda self: 1})).remote()
+    ray.get(hog.ping.remote())  # placed: nothing is left for a 1-CPU tokenizer actor
+    try:
+        cfg = tiny_config([corpus_pattern], tmp_path / "out", num_actors=1, cpus_per_actor=1,
+                          actor_start_timeout_s=3)
+        start = time.perf_counter()
+        assert run_tokenize(cfg) == 1
+        assert time.perf_counter() - start < 60
+    finally:
+        ray.kill(hog)
+    out = capsys.readouterr().out
+    assert "no tokenizer actor was placed and started within 3 s" in out
+    assert not list((tmp_path / "out" / "_manifest").glob("*.json"))

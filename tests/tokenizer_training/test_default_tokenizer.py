@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import torch
 
 from pipeline.tokenizer_training.export_default import heldout_psnr
 from pipeline.tokenizers import load_tokenizer
 
-PSNR_FLOOR_64 = 17.0   # dB; the measured value is in default_tokenizer.json and the README
+PSNR_FLOOR_64 = 15.5   # dB; 2.25 dB under the 17.75 dB measured on the same 32 crops at export
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_is_a_small_packaged_var_tokenizer():
@@ -33,8 +35,14 @@ def test_default_is_a_small_packaged_var_tokenizer():
 
 def test_default_reconstructs_heldout_photos_above_the_floor():
     tok = load_tokenizer("default")
-    measured = heldout_psnr(tok, size=64, count=16, seed=0)
+    desc = json.loads((resources.files("pipeline") / "assets" / "default_tokenizer.json").read_text())
+    recorded = desc["measured"]["psnr_64px"]
+    measured = heldout_psnr(tok, **{k: desc["heldout_eval"][k] for k in ("size", "count", "seed")})
     assert measured["psnr"] >= PSNR_FLOOR_64, measured
+    # the number the asset and the README state is the one these weights give (fp32 on any CPU:
+    # equal up to float rounding)
+    assert abs(measured["psnr"] - recorded) < 0.05, (measured, recorded)
+    assert f"**PSNR {recorded:.2f} dB**" in (ROOT / "README.md").read_text()
     # and the reconstruction is of *this* image: a shuffled pairing is far worse
     from pipeline.tokenizer_training.losses import psnr
     from pipeline.tokenizer_training.photos import heldout_crops

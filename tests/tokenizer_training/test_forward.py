@@ -183,3 +183,31 @@ def test_perceptual_loss_uses_only_user_supplied_vgg_weights(tmp_path):
     x = images(size=32)
     assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
     assert loss(x, -x).item() > 0
+
+
+def _bit_stats_worker(rank: int, init_file: str, results) -> None:
+    import torch.distributed as dist
+
+    from pipeline.tokenizer_training.gq_forward import global_bit_stats
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        bits = torch.tensor([[1.0, 3.0]]) if rank == 0 else torch.tensor([[10.0, 2.0, 6.0, 7.0]])
+        results[rank] = global_bit_stats(bits)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gq_lambda_statistics_are_global_under_ddp(tmp_path):
+    """Two gloo ranks with different batches take the same lam steps: the KL statistics that drive
+    them are reduced over every worker (mean over all sub-vectors, max and min over all)."""
+    import torch.multiprocessing as mp
+
+    from pipeline.tokenizer_training.gq_forward import global_bit_stats
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_bit_stats_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        got = dict(results)
+    assert got[0] == got[1] == pytest.approx((29.0 / 6, 10.0, 1.0))
+    assert global_bit_stats(torch.tensor([[1.0, 3.0]])) == pytest.approx((2.0, 3.0, 1.0))  # one process

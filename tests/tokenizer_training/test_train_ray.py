@@ -77,6 +77,10 @@ def test_var_vqvae_one_worker_evaluates_exports_and_resumes(ray_cluster, shards,
     assert steps == [1, 2, 3]
     resumed = load_tokenizer("var-vqvae", checkpoint=result2.export, config=desc["config"])
     assert resumed.fingerprint() != tok.fingerprint()  # the extra step changed the weights
+    # Rerunning a finished run trains nothing and still reports where it stands (the CLI's exit 0)
+    again = fit(cfg2)
+    assert again.final_step == 3 and again.export == result2.export
+    assert load_tokenizer("var-vqvae", checkpoint=again.export, config=desc["config"]).fingerprint() == resumed.fingerprint()
     tokenize_through_job(tmp_path, shards, "var-vqvae", run, image_size=32)
 
 
@@ -100,3 +104,66 @@ def test_gq_trains_with_the_kl_constraint_and_tokenizes(ray_cluster, shards, tmp
     assert all("kl_bits_mean" in r and "lam" in r for r in train)
     rows = tokenize_through_job(tmp_path, shards, "gq", result.run_dir, image_size=32)
     assert len(rows[0]["tokens"]) == 16 * 16 * 2  # 2 sub-vectors of 4 of the 8 latent channels
+
+
+def test_cli_on_the_offline_photos_then_export_as_a_default(ray_cluster, tmp_path, capsys):
+    """`scaletok train-tokenizer --photos-dir` (what `make default-tokenizer` runs), then the
+    export that turns the run into the package's default-tokenizer files (here into a temp dir)."""
+    from pipeline.cli import main as cli_main
+    from pipeline.tokenizer_training.export_default import main as export_main
+
+    photos, runs = tmp_path / "photos", tmp_path / "runs"
+    code = cli_main(["train-tokenizer", "--photos-dir", str(photos), "--family", "var-vqvae",
+                     "--model-config", "ch=32", "--model-config", "vocab_size=64", "--model-config", "z_channels=8",
+                     "--model-config", "v_patch_nums=[1,2,4]", "--crop-size", "64", "--batch-size", "2",
+                     "--max-steps", "2", "--warmup-steps", "1", "--eval-crops", "2", "--eval-every", "2",
+                     "--ckpt-every", "2", "--log-every", "1", "--threads", "1", "--cpus-per-worker", "1",
+                     "--max-failures", "0", "--storage-path", str(runs), "--name", "photos"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["steps"] == 2 and summary["tokenizer"].endswith("tokenizer.safetensors")
+    assert sorted(p.name for p in photos.glob("*.tar")) == ["heldout-000000.tar", "train-000000.tar"]
+
+    assets = tmp_path / "assets"
+    assert export_main([str(runs / "photos"), "--command", "make default-tokenizer", "--assets", str(assets)]) == 0
+    desc = json.loads((assets / "default_tokenizer.json").read_text())
+    assert desc["name"] == "var-vqvae" and desc["trained_steps"] == 2
+    assert desc["train_command"] == "make default-tokenizer"
+    assert set(desc["measured"]) == {"psnr_64px", "ssim_64px", "psnr_128px", "ssim_128px"}
+    assert all(0 < desc["measured"][k] < 60 for k in ("psnr_64px", "psnr_128px"))
+    tok = load_tokenizer("var-vqvae", checkpoint=str(assets / "default_tokenizer.safetensors"), config=desc["config"])
+    assert tok.patch_nums == (1, 2, 4)
+    from safetensors.torch import load_file
+    assert all(t.dtype == torch.float16 for t in load_file(str(assets / "default_tokenizer.safetensors")).values()
+               if t.is_floating_point())
+
+
+def test_shards_and_run_on_s3(ray_cluster, s3_server, shards, tmp_path):
+    """Training shards read from an S3-protocol server and the run (checkpoints, metrics, the
+    exported tokenizer) written to it; a rerun resumes from the S3 checkpoint."""
+    fs, opts = s3_server["fs"], s3_server["storage_options"]
+    bucket = "scaletok-tt"
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    train = []
+    for local in shards["train"].split("::"):
+        name = os.path.basename(local)
+        fs.put(local, f"{bucket}/train/{name}")
+        train.append(f"s3://{bucket}/train/{name}")
+    fs.put(shards["eval"], f"{bucket}/heldout/{os.path.basename(shards['eval'])}")
+    cfg = tiny(shards, tmp_path, family="var-vqvae", model_config=VAR_TINY, name="s3run",
+               train_shards="::".join(train), eval_shards=f"s3://{bucket}/heldout/{os.path.basename(shards['eval'])}",
+               storage_path=f"s3://{bucket}/runs", storage_options=opts)
+    result = fit(cfg)
+    assert result.final_step == 2
+    for name in ("train_config.yaml", "metrics.jsonl", "tokenizer.safetensors", "tokenizer.json", "metrics.png"):
+        assert fs.exists(f"{bucket}/runs/s3run/{name}"), name
+    assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(f"{bucket}/runs/s3run"))
+    again = fit(tiny(shards, tmp_path, family="var-vqvae", model_config=VAR_TINY, name="s3run", max_steps=3,
+                     train_shards="::".join(train), eval_shards=cfg.eval_shards,
+                     storage_path=f"s3://{bucket}/runs", storage_options=opts))
+    assert again.final_step == 3
+    steps = [json.loads(line)["step"] for line in fs.cat_file(f"{bucket}/runs/s3run/metrics.jsonl").decode().splitlines()
+             if json.loads(line).get("split") == "train"]
+    assert steps == [1, 2, 3]

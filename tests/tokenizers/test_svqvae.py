@@ -72,9 +72,22 @@ def test_tiled_multiscale_indices_identical(ref_tokens, fx):
     assert set(ref_tokens.grids[3][:, 0, :].unique().tolist()) == {54}
 
 
-@pytest.mark.parametrize("k,p", [(1, 4), (2, 8)])  # p=16 pixels: single-tile and strip tests
+@pytest.mark.parametrize("k,p", [(1, 4), (2, 8), (3, 16)])
 def test_tiled_multiscale_reconstruction(ref_tok, ref_tokens, fx, k, p):
     assert_close(ref_tok.decode(ref_tokens, upto=k + 1), fx(f"recon_{p}.npy"))
+
+
+def test_blended_and_resized_latents(ref_tok, ref_tokens, fx):
+    """The quantiser's inputs: the Hann-blended latent of the tiles, then its resize to each
+    scale's grid (area down), as the reference assembles them."""
+    from pipeline.tokenizers.svqvae_tiling import resize_latent
+
+    with torch.inference_mode():
+        blended = ref_tok.encode_latent(fx("inputs.npy"))
+    assert (blended - fx("latent_blended.npy")).abs().max().item() < 1e-4
+    for geometry, p in zip(ref_tokens.extras["geometries"][1:], (4, 8, 16)):
+        resized = resize_latent(blended, geometry)
+        assert (resized - fx(f"latent_{p}.npy")).abs().max().item() < 1e-4, f"p={p}"
 
 
 def test_strip_image(fx, config):
@@ -85,7 +98,8 @@ def test_strip_image(fx, config):
     assert tokens.extras["geometries"][0].grid == (4, 10)
     for k, p in enumerate((4, 8, 16)):
         assert torch.equal(tokens.grids[k], fx(f"strip_indices_{p}.npy")), f"p={p}"
-    assert_close(ref_tok.decode(tokens, upto=3), fx("strip_recon_16.npy"))
+    for k, p in enumerate((4, 8, 16), start=1):
+        assert_close(ref_tok.decode(tokens, upto=k), fx(f"strip_recon_{p}.npy"))
 
 
 def test_single_tile_image_tiled_and_plain(ref_tok, fx):
@@ -93,7 +107,8 @@ def test_single_tile_image_tiled_and_plain(ref_tok, fx):
     tokens = ref_tok.encode(x)
     for k, p in enumerate((4, 8, 16)):
         assert torch.equal(tokens.grids[k], fx(f"single_tiled_indices_{p}.npy")), f"p={p}"
-    assert_close(ref_tok.decode(tokens), fx("single_tiled_recon_16.npy"))
+    for k, p in enumerate((4, 8, 16), start=1):
+        assert_close(ref_tok.decode(tokens, upto=k), fx(f"single_tiled_recon_{p}.npy"))
 
     plain = ref_tok.encode(x, patch_nums=(16,), tile_size=0)  # the reference's patch_nums=None path
     assert torch.equal(plain.grids[0], fx("single_plain_indices.npy"))
@@ -109,6 +124,7 @@ def test_align_option(fx, config):
     assert torch.equal(tokens.grids[0], fx("align_indices_4.npy"))
     assert torch.equal(tokens.grids[1], fx("align_indices_8.npy"))
     assert_close(tok.decode(tokens, upto=1), fx("align_recon_4.npy"))
+    assert_close(tok.decode(tokens, upto=2), fx("align_recon_8.npy"))
 
 
 # ---------------------------------------------------------------- fixes (the default)

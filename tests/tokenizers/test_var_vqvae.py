@@ -158,6 +158,10 @@ def test_tiled_encode_of_a_large_image(tok):
     assert toks.padded_size == (224, 320)
     assert toks.scale_shapes[-1] == (14, 20)
     assert tok.decode(toks).shape == (1, 3, 200, 300)
+    # a tile size alone takes a quarter-tile overlap; an explicit 0 on several tiles is refused
+    assert torch.equal(tok.encode(x, tile_size=128).flat(), toks.flat())
+    with pytest.raises(ValueError, match="weight"):
+        tok.encode(x, tile_size=128, overlap=0)
 
 
 def test_bf16_precision_is_part_of_the_fingerprint(var_dir, small_config, inputs, tok):

@@ -24,7 +24,8 @@ RECIPES = json.loads((VAR_DIR / "lr_schedule.json").read_text())["recipes"]
 def test_lr_and_wd_schedule_match_official(name):
     r = RECIPES[name]
     assert depth_recipe(int(name[1:])).tblr == r["tblr"]
-    cfg = TrainConfig(tokens="x", depth=int(name[1:]), batch_size=r["bs"]).resolved()
+    cfg = TrainConfig(tokens="x", depth=int(name[1:])).resolved()   # batch and epochs from the depth alone
+    assert cfg.batch_size == r["bs"] and cfg.epochs == r["ep"]
     assert cfg.lr == pytest.approx(r["peak_lr"]) and cfg.wpe == r["wpe"] and cfg.twde == r["twde_effective"]
     assert cfg.warmup_ratio * r["max_it"] == pytest.approx(r["wp_it_arg"])
     for s in r["samples"]:

@@ -68,3 +68,20 @@ def test_temperature_and_label_handling(tiny):
         sample(model, 2, [1, 1001], decode=False)
     with pytest.raises(ValueError, match="temperature"):
         sample(model, 1, [1], temperature=0.0, decode=False)
+
+
+def test_sampling_a_model_in_train_mode_is_sampling_it_in_eval_mode(small_tokenizer):
+    """Dropout and drop path are training-only: a model handed over mid-training samples the
+    same images as in eval mode, and is handed back still training."""
+    model = load_var(None, config={"depth": 1, "embed_dim": 64, "num_heads": 1, "drop_rate": 0.5,
+                                   "drop_path_rate": 0.5}, tokenizer=small_tokenizer, seed=1,
+                     init={"init_head": 1.0, "init_adaln_gamma": 0.5})
+    model.eval()
+    reference = sample(model, 2, [3, 4], cfg=1.5, top_k=20, top_p=0.9, seed=3, decode=False)
+    model.train()
+    try:
+        during = sample(model, 2, [3, 4], cfg=1.5, top_k=20, top_p=0.9, seed=3, decode=False)
+        assert model.training
+    finally:
+        model.eval()
+    assert torch.equal(reference.flat(), during.flat())
