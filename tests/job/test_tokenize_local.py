@@ -6,7 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,22 +187,30 @@ def test_variants_and_scale_superset(ray_cluster, corpus_dir, tmp_path):
     assert verify_output(str(out), [shard]).clean
 
 
-def test_a_full_cluster_fails_the_job_clearly_instead_of_hanging(ray_cluster, corpus_pattern, tmp_path, capsys):
+def test_a_full_cluster_fails_the_job_clearly_instead_of_hanging(corpus_pattern, tmp_path):
     """Ray keeps an actor it cannot place pending forever; the job gives up after
-    --actor-start-timeout-s, reports every shard as not done, and exits non-zero."""
-    import ray
+    --actor-start-timeout-s, reports every shard as not done, and exits non-zero.
 
-    free = ray.available_resources().get("CPU", 0)
-    hog = ray.remote(num_cpus=free)(type("Hog", (), {"ping": lambda self: 1})).remote()
-    ray.get(hog.ping.remote())  # placed: nothing is left for a 1-CPU tokenizer actor
-    try:
-        cfg = tiny_config([corpus_pattern], tmp_path / "out", num_actors=1, cpus_per_actor=1,
-                          actor_start_timeout_s=3)
-        start = time.perf_counter()
-        assert run_tokenize(cfg) == 1
-        assert time.perf_counter() - start < 60
-    finally:
-        ray.kill(hog)
-    out = capsys.readouterr().out
-    assert "no tokenizer actor was placed and started within 3 s" in out
+    On a Ray of its own (a subprocess): filling the session's shared cluster on purpose would
+    disturb later tests (Ray Train's resource coordinator keeps state across runs)."""
+    script = f"""
+import json, sys, time, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2",
+         logging_level="ERROR", log_to_driver=False)
+hog = ray.remote(num_cpus=2)(type("Hog", (), {{"ping": lambda self: 1}})).remote()
+ray.get(hog.ping.remote())          # placed: nothing is left for a 1-CPU tokenizer actor
+from pipeline.runner.job import run_tokenize
+from tests.job.conftest import tiny_config
+cfg = tiny_config([{corpus_pattern!r}], {str(tmp_path / "out")!r}, num_actors=1, cpus_per_actor=1,
+                  actor_start_timeout_s=3)
+start = time.perf_counter()
+code = run_tokenize(cfg)
+print(json.dumps({{"code": code, "seconds": time.perf_counter() - start}}))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["code"] == 1 and result["seconds"] < 60, result
+    assert "no tokenizer actor was placed and started within 3 s" in run.stdout
     assert not list((tmp_path / "out" / "_manifest").glob("*.json"))
