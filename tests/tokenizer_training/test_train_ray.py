@@ -19,6 +19,8 @@ from pipeline.tokenizers import load_tokenizer
 from pipeline.var.checkpointing import read_jsonl
 from tests.tokenizer_training.test_forward import GQ_TINY, GSQ_TINY, VAR_TINY
 
+pytestmark = pytest.mark.usefixtures("fresh_ray")  # see tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):

@@ -25,7 +25,7 @@ def _config(tokens, tmp, small_tokenizer_spec, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def first_run(job_token_dir, tmp_path_factory, small_tokenizer_spec):
+def first_run(fresh_ray, job_token_dir, tmp_path_factory, small_tokenizer_spec):  # fresh_ray: tests/conftest.py
     tmp = tmp_path_factory.mktemp("train")
     # Worker 1 exits (process death) at step 5, after the checkpoint of step 4.
     cfg = _config(job_token_dir, tmp, small_tokenizer_spec, max_steps=8, fail_at_step=5)
