@@ -29,8 +29,8 @@ from pipeline.config import from_dict, save_config, to_dict
 from pipeline.ray_connect import init_ray
 from pipeline.tokenizer_training.config import TokenizerTrainConfig
 from pipeline.training.console import say
-from pipeline.training.run_config import ray_run_config
 from pipeline.training.curves import plot_panels
+from pipeline.training.run_config import ray_run_config
 from pipeline.var.checkpointing import METRICS_FILE, read_jsonl
 from pipeline.var.train import storage_fs
 
@@ -152,7 +152,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         n_params = sum(p.numel() for p in family.model.parameters())
         say(f"[train-tokenizer] {cfg.family} world={world} device={device} steps {trainer.step}->{cfg.max_steps} "
-              f"params={n_params:,} batch={cfg.per_worker_batch}x{world} crop={cfg.crop_size}")
+            f"params={n_params:,} batch={cfg.per_worker_batch}x{world} crop={cfg.crop_size}")
 
     for x in stream:
         if trainer.step >= cfg.max_steps:
@@ -162,12 +162,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0 and row is not None:
             trainer.history.append(row)
             say(f"[train-tokenizer] step {step}/{cfg.max_steps} loss {row['loss']:.4f} rec {row['rec']:.4f} "
-                  f"quant {row['quant']:.4f} {row['images_per_s']:.1f} img/s")
+                f"quant {row['quant']:.4f} {row['images_per_s']:.1f} img/s")
         if eval_crops is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics, png = _evaluate(family, eval_crops)
             trainer.history.append({"step": step, "split": "eval", **{f"eval_{k}": v for k, v in metrics.items()}})
             say(f"[train-tokenizer] eval step {step}: PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.3f} "
-                  f"usage {metrics['usage']:.3f}")
+                f"usage {metrics['usage']:.3f}")
             if png:
                 fs.makedirs(posixpath.join(run_dir, "eval"), exist_ok=True)
                 fs.pipe_file(posixpath.join(run_dir, "eval", f"recon_step{step:07d}.png"), png)

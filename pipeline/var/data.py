@@ -1,7 +1,8 @@
 """Token Parquet (the tokenize job's output) -> Ray Dataset -> (B, L) token batches.
 
-The contract is the output schema of the tokenize job (README, "Output"; pipeline/sinks/schema.py): `tokens list<uint16|int32>` flattened small to
-large scale, `label int32` (null = no label), `status` ("ok" or an error kind), and key-value
+The contract is the tokenize job's output schema (README, "Output layout and schema";
+pipeline/sinks/schema.py): `tokens list<uint16|int32>` flattened small to large scale,
+`label int32` (null = no label), `status` ("ok" or an error kind), and key-value
 metadata `scaletok.*` describing the tokenizer that produced the file. Training only reads rows
 with status "ok", and refuses files whose tokenizer, scale schedule or vocabulary differ from the
 tokenizer the trainer rebuilds its inputs with.

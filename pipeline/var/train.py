@@ -176,7 +176,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
              "tokenizer": {**tok_spec, "fingerprint": tok.fingerprint()}}
     if rank == 0:
         say(f"[train] world={world} device={device} steps {step}->{max_steps} "
-              f"params={raw.num_params():,} batch={cfg.per_worker_batch}x{world} lr={cfg.lr:.3g}")
+            f"params={raw.num_params():,} batch={cfg.per_worker_batch}x{world} lr={cfg.lr:.3g}")
 
     while step < max_steps:
         batches_this_epoch = 0
@@ -209,7 +209,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if rank == 0:
                     history.append(row)
                     say(f"[train] step {step}/{max_steps} loss {row['loss']:.4f} Accm {row['Accm']:.2f} "
-                          f"lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s")
+                        f"lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s")
             if step % cfg.ckpt_every == 0 or step == max_steps:
                 _report(step, raw, optimizer, {**state, "step": step}, history, rank, fs, run_dir)
         if batches_this_epoch == 0:
