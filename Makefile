@@ -10,7 +10,7 @@ STAMP := $(VENV)/.scaletok-installed
 DEMO_OUT ?= demo-out
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test bench default-tokenizer clean
+.PHONY: install demo test bench test-gpu bench-gpu default-tokenizer clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encode.py
+
+# On a machine with a CUDA GPU: the GPU tests (nvJPEG decode, the job on the GPU, --batch-size auto
+# against GPU memory) and the GPU benchmarks. PYTHON: an interpreter with CUDA torch (+ torchvision
+# for nvJPEG) and this project's requirements; the CPU venv of `make install` has no CUDA.
+PYTHON ?= $(BIN)/python
+test-gpu:
+	$(PYTHON) -m pytest -m gpu tests/gpu
+bench-gpu:
+	bash benchmarks/gpu.sh $(PYTHON)
 
 # Reproduces pipeline/assets/default_tokenizer.* (the demo's embedded default): trains a small f8
 # VAR multi-scale VQ-VAE (64 px, 155 tokens) on the offline photos with Ray Train, then exports it

@@ -11,6 +11,11 @@ listed families, sizes, precisions, batch sizes, layouts and compile modes is ru
 Weights are seeded random (no download); the timed call is the full `tok.encode` (encoder +
 quantiser), on pre-made tensors. FLOPs come from torch's FlopCounterMode on one batch.
 Results are printed as a table and appended as JSON lines to --json.
+
+Fraction of peak ("%peak"): achieved FLOP/s over the device's dense peak for the precision: on
+GPUs the datasheet bf16/fp32 dense peak of known parts (BF16_PEAK_TFLOPS; --peak-tflops overrides),
+and over a measured large matmul in the same precision (`matmul_tflops`, what the device reaches
+on the friendliest kernel). A batch size that does not fit is reported as OOM and skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +34,40 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline.tokenizers import load_tokenizer  # noqa: E402
+
+# Dense (no sparsity) datasheet peaks, TFLOP/s: bf16 tensor cores and fp32 (non-tensor) per GPU name.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
+                    "H100": 756.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+FP32_PEAK_TFLOPS = {"H200": 67.0, "H100 SXM": 67.0, "H100 80GB HBM3": 67.0, "H100 PCIe": 51.0,
+                    "H100": 51.0, "A100": 19.5, "L40S": 91.6, "L4": 30.3}
+
+
+def datasheet_peak(gpu_name: str | None, precision: str) -> float | None:
+    """The first table entry whose key is in the device name (longest keys first), else None."""
+    if not gpu_name:
+        return None
+    table = BF16_PEAK_TFLOPS if precision == "bf16" else FP32_PEAK_TFLOPS
+    for key in sorted(table, key=len, reverse=True):
+        if key in gpu_name:
+            return table[key]
+    return None
+
+
+def matmul_tflops(device: str, precision: str, n: int | None = None, iters: int = 10) -> float:
+    """Achieved TFLOP/s of an n x n matmul in `precision` on `device` (a practical ceiling)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n = n or (8192 if device.startswith("cuda") else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * iters / (time.perf_counter() - t) / 1e12
 
 
 def count_flops(tok, x: torch.Tensor) -> float:
@@ -105,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs-json", default=None,
                    help='JSON file: [{"name": family, "config": {...}, "checkpoint": optional}, ...] '
                         '(replaces --families/--config)')
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense peak for the precision (default: datasheet table on known GPUs)")
     p.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "encode.jsonl"))
     args = p.parse_args(argv)
     runs = load_runs(args.families, args.config, args.configs_json)
@@ -112,8 +153,17 @@ def main(argv: list[str] | None = None) -> int:
              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     print(f"# {stamp}")
+    peaks = {}
+    for precision in args.precisions.split(","):
+        if precision == "bf16" and not args.device.startswith("cuda"):
+            peaks[precision] = (args.peak_tflops, None)  # emulated bf16 on CPUs: no meaningful ceiling
+            continue
+        peaks[precision] = (args.peak_tflops or datasheet_peak(stamp["gpu"], precision),
+                            matmul_tflops(args.device, precision))
+        print(f"# {precision}: datasheet peak {peaks[precision][0]} TFLOP/s, measured matmul "
+              f"{peaks[precision][1]:.3f} TFLOP/s")
     print(f"{'family':<10} {'size':>5} {'prec':>5} {'batch':>5} {'cl':>3} {'cmp':>3} {'img/s':>8} "
-          f"{'s/batch':>8} {'GFLOP/img':>10} {'TFLOP/s':>8}")
+          f"{'s/batch':>8} {'GFLOP/img':>10} {'TFLOP/s':>8} {'%peak':>6} {'%matmul':>7}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     for family, config, checkpoint in runs:
         for size in map(int, args.sizes.split(",")):
@@ -121,12 +171,24 @@ def main(argv: list[str] | None = None) -> int:
                 for batch, channels_last, compile_model in (
                         (b, cl, cm) for b in map(int, args.batch_sizes.split(","))
                         for cl in _modes(args.channels_last) for cm in _modes(args.compile)):
-                    r = bench_one(family, size, precision, batch, channels_last=channels_last,
-                                  compile_model=compile_model, iters=args.iters, warmup=args.warmup,
-                                  device=args.device, config=config, checkpoint=checkpoint)
+                    try:
+                        r = bench_one(family, size, precision, batch, channels_last=channels_last,
+                                      compile_model=compile_model, iters=args.iters, warmup=args.warmup,
+                                      device=args.device, config=config, checkpoint=checkpoint)
+                    except torch.cuda.OutOfMemoryError:
+                        torch.cuda.empty_cache()
+                        print(f"{family:<10} {size:>5} {precision:>5} {batch:>5} {int(channels_last):>3} "
+                              f"{int(compile_model):>3}      OOM", flush=True)
+                        continue
+                    peak, matmul = peaks[precision]
+                    r["peak_tflop_s"], r["matmul_tflop_s"] = peak, matmul
+                    r["fraction_of_peak"] = r["achieved_tflop_s"] / peak if peak else None
+                    r["fraction_of_matmul"] = r["achieved_tflop_s"] / matmul if matmul else None
+                    pct = lambda v: f"{100 * v:.1f}" if v is not None else "-"
                     print(f"{family:<10} {size:>5} {precision:>5} {batch:>5} {int(channels_last):>3} "
                           f"{int(compile_model):>3} {r['img_per_s']:>8.3f} {r['s_per_batch']:>8.2f} "
-                          f"{r['gflop_per_img']:>10.1f} {r['achieved_tflop_s']:>8.3f}", flush=True)
+                          f"{r['gflop_per_img']:>10.1f} {r['achieved_tflop_s']:>8.3f} "
+                          f"{pct(r['fraction_of_peak']):>6} {pct(r['fraction_of_matmul']):>7}", flush=True)
                     with open(args.json, "a") as f:  # config None = the released model
                         f.write(json.dumps({**stamp, **r, "config": config, "checkpoint": checkpoint}) + "\n")
     return 0

@@ -58,6 +58,7 @@ def job_config(args: argparse.Namespace, pattern: str, out: str, tok_json: str |
         tokenizer_config=tok_json, image_size=args.size, batch_size=args.batch_size, precision=args.precision,
         num_actors=1, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=1 if args.device == "cuda" else 0,
         decode_threads=args.decode_threads, shards_per_actor=args.shards_per_actor, jpeg_draft=args.jpeg_draft,
+        gpu_decode=args.gpu_decode,
         channels_last=args.channels_last, compile=args.compile, progress=False, overwrite=True)
 
 
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-threads", type=int, default=None)
     p.add_argument("--shards-per-actor", type=int, default=2, help="1 = no cross-shard overlap")
     p.add_argument("--jpeg-draft", action="store_true")
+    p.add_argument("--gpu-decode", action="store_true", help="(b) decodes the JPEGs with nvJPEG on the GPU")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-repeat", action="store_true", help="measure (a) only before (b), not also after it")
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                   "checkpoint": args.checkpoint, "size": args.size, "batch_size": args.batch_size,
                   "precision": args.precision, "cpus_per_actor": args.cpus_per_actor,
                   "decode_threads": cfg.decode_threads or max(2, threads), "shards_per_actor": args.shards_per_actor,
-                  "jpeg_draft": args.jpeg_draft, "channels_last": args.channels_last, "compile": args.compile,
+                  "jpeg_draft": args.jpeg_draft, "gpu_decode": args.gpu_decode, "channels_last": args.channels_last, "compile": args.compile,
                   "corpus": {"images": b["images"], "shards": args.shards, "format": "jpg", "max_side": args.max_side},
                   "job_path": "run_tokenize on a private local Ray, 1 actor",
                   "bare_encoder": a, "job": b, "ratio": ratio, "profile": prof}

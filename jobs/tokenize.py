@@ -29,8 +29,12 @@ HELP = {
     "num_actors": "tokenizer actors (default: one per GPU, or one per --cpus-per-actor CPUs)",
     "gpus_per_actor": "GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
     "cpus_per_actor": "CPUs per actor (torch threads and decode threads)",
-    "batch_size": "images per encoder call",
+    "batch_size": "images per encoder call, or 'auto': each actor measures the batch that fills its device "
+                  "(doubling until out of memory, 80%% of GPU memory, or no more img/s)",
+    "max_batch_size": "the largest batch --batch-size auto tries",
     "decode_threads": "image decode threads per actor (default: max(2, cpus-per-actor))",
+    "gpu_decode": "decode JPEGs on the actor's GPU with nvJPEG (needs torchvision with CUDA; other pixels than "
+                  "Pillow, so its own fingerprint; non-JPEGs and images nvJPEG refuses go through Pillow)",
     "precision": "fp32 | bf16 encoder autocast (nearest-code search is always fp32)",
     "max_shard_retries": "retries of a shard whose attempt failed (unreadable, actor died) before it is reported",
     "startup_wait_s": "wait up to this long for the whole actor pool before handing out shards (benchmarks)",

@@ -20,11 +20,13 @@ from typing import Any
 
 import torch
 
+from pipeline.runner.batch_probe import BatchChoice, choose_batch_size
 from pipeline.runner.build import build_tokenizer
 from pipeline.runner.config import JobSpec
 from pipeline.runner.shard_task import ShardResult, process_shard
 from pipeline.sinks.schema import build_table, token_schema
 from pipeline.sinks.writer import OutputLayout, parquet_bytes
+from pipeline.sources.device_decode import nvjpeg_decoder
 from pipeline.sources.listing import Shard
 
 
@@ -33,16 +35,25 @@ class ShardWorker:
         torch.set_num_threads(max(1, int(num_cpus)))
         self.device = "cuda" if _has_assigned_gpu() else "cpu"
         self.spec = spec
+        # --gpu-decode without a usable nvJPEG fails the actor's start (a clear startup error on the
+        # driver) rather than mixing decoders, and so pixels, within one job.
+        self.device_decoder = nvjpeg_decoder(self.device) if spec.gpu_decode else None
         self.tokenizer = build_tokenizer(spec, self.device)
         self.fingerprint = self.tokenizer.fingerprint()  # before the speed options touch the model
         apply_speed_options(self.tokenizer, spec)
+        self.batch_choice: BatchChoice | None = None
+        if spec.auto_batch:  # measured on this actor's device, with the speed options applied
+            self.batch_choice = choose_batch_size(self.tokenizer, spec.patch_nums, spec.tile_size, spec.overlap,
+                                                  spec.max_batch_size, spec.channels_last)
+            self.spec = spec = spec.replace(batch_size=self.batch_choice.batch)
         self.encoder_lock = threading.Lock()
         warm_up_writer(self.tokenizer, spec)
         self.layout = OutputLayout(spec.output, spec.storage_options)
         self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="decode")
         self.reporter = reporter
         self.info_dict = {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
-                          "node": _node_id(), "fingerprint": self.fingerprint}
+                          "node": _node_id(), "fingerprint": self.fingerprint, "batch_size": spec.batch_size,
+                          "batch_probe": self.batch_choice.describe() if self.batch_choice else None}
 
     def info(self) -> dict[str, Any]:
         return self.info_dict
@@ -50,10 +61,11 @@ class ShardWorker:
     def process(self, shard: Shard, attempt: int = 0) -> ShardResult:
         """Never raises for a bad shard: the driver decides about retries from the result."""
         report = (lambda n: self.reporter.add.remote(n)) if self.reporter is not None else None
-        worker = {k: self.info_dict[k] for k in ("pid", "host", "node", "device")}
+        worker = {k: self.info_dict[k] for k in ("pid", "host", "node", "device", "batch_size")}
         try:
             return process_shard(shard, self.tokenizer, self.spec, self.layout, attempt=attempt,
-                                 worker=worker, pool=self.pool, report=report, encoder_lock=self.encoder_lock)
+                                 worker=worker, pool=self.pool, report=report, encoder_lock=self.encoder_lock,
+                                 device_decoder=self.device_decoder)
         except Exception as e:
             last = traceback.format_exception_only(type(e), e)[-1].strip()
             return ShardResult(shard=shard.name, ok=False, error=last, worker=worker)

@@ -12,6 +12,7 @@ import importlib
 import os
 
 from pipeline import __version__
+from pipeline.runner.batch_probe import probe_input_size
 from pipeline.sinks.schema import SCHEMA_VERSION, latent_dtype
 from pipeline.runner.config import JobSpec, TokenizeConfig, read_tokenizer_config
 from pipeline.tokenizers.base import Tokenizer, load_tokenizer
@@ -36,11 +37,13 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         tokenizer_module=cfg.tokenizer_module, preprocess={}, precision=cfg.precision,
         patch_nums=(), tile_size=cfg.tile_size, overlap=cfg.overlap,
         variants=tuple(cfg.extra_variants()), max_image_pixels=int(cfg.max_image_pixels),
-        max_member_bytes=int(cfg.max_member_bytes), batch_size=int(cfg.batch_size),
+        max_member_bytes=int(cfg.max_member_bytes),
+        batch_size=1 if cfg.auto_batch else int(cfg.batch_size),
         decode_threads=int(cfg.decode_threads or max(2, int(cfg.cpus_per_actor))),
         row_group_rows=int(cfg.row_group_rows), output=cfg.output,
         storage_options=dict(cfg.storage_options or {}),
-        jpeg_draft=bool(cfg.jpeg_draft), channels_last=bool(cfg.channels_last), compile=bool(cfg.compile),
+        jpeg_draft=bool(cfg.jpeg_draft), gpu_decode=bool(cfg.gpu_decode), channels_last=bool(cfg.channels_last), compile=bool(cfg.compile),
+        auto_batch=cfg.auto_batch, max_batch_size=int(cfg.max_batch_size),
     )
     if spec.checkpoint and "://" not in spec.checkpoint and not os.path.exists(spec.checkpoint):
         raise ValueError(f"--checkpoint {spec.checkpoint} does not exist")
@@ -61,6 +64,11 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         patch_nums = tuple(range(1, max(patch_nums) + 1))
     spec = spec.replace(preprocess=pre, patch_nums=patch_nums, vocab_size=int(tok.vocab_size))
     tok.preprocess_config = PreprocessConfig(**pre)
+    if spec.gpu_decode and type(tok).preprocess is not Tokenizer.preprocess:
+        raise ValueError(f"--gpu-decode applies the standard image policy on the GPU, and {tok.name} "
+                         f"preprocesses images its own way; decode on the CPU for it")
+    if spec.auto_batch:
+        probe_input_size(tok.preprocess_config, spec.tile_size)  # native without --max-side: refused here
     tok_fp = tok.fingerprint()
     # The latent dtype decides the stored bytes, so it is part of the job's identity (resume guard);
     # discrete jobs keep the fingerprint they always had.

@@ -38,11 +38,13 @@ class TokenizeConfig:
     num_actors: int | None = None
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
-    batch_size: int = 16
+    batch_size: int | str = 16     # or "auto": each actor measures the batch that fills its device
+    max_batch_size: int = 256      # the largest batch --batch-size auto tries
     decode_threads: int | None = None
     shards_per_actor: int = 2      # shards in flight per actor: the next one streams and decodes
                                    # while the current one encodes, and is encoded while it writes
     jpeg_draft: bool = False       # DCT-scaled JPEG decode (faster, other pixels: part of the fingerprint)
+    gpu_decode: bool = False       # JPEGs decoded by nvJPEG on the actor's GPU (other pixels: fingerprint)
     channels_last: bool = False    # encoder weights/inputs in NHWC (GPU convs; numerics like --batch-size)
     compile: bool = False          # torch.compile the encoder (slow start; numerics like --batch-size)
     precision: str = "fp32"
@@ -61,6 +63,12 @@ class TokenizeConfig:
     def __post_init__(self) -> None:
         self.input = [self.input] if isinstance(self.input, str) else list(self.input or [])
         self.variants = [v.strip() for item in (self.variants or []) for v in str(item).split(",") if v.strip()]
+        if isinstance(self.batch_size, str) and self.batch_size.strip().lstrip("+").isdigit():
+            self.batch_size = int(self.batch_size)  # "32" from a flag or a YAML string
+
+    @property
+    def auto_batch(self) -> bool:
+        return isinstance(self.batch_size, str) and self.batch_size.strip().lower() == "auto"
 
     def validate(self) -> None:
         problems = []
@@ -79,8 +87,18 @@ class TokenizeConfig:
             problems.append(f"unknown --variants {unknown}; known: {list(VARIANTS)}")
         if self.precision not in ("fp32", "bf16"):
             problems.append("--precision must be fp32 or bf16")
-        if self.batch_size < 1 or self.max_shard_retries < 0 or (self.num_actors is not None and self.num_actors < 1):
-            problems.append("--batch-size and --num-actors must be >= 1, --max-shard-retries >= 0")
+        if isinstance(self.batch_size, str) and not self.auto_batch:
+            problems.append(f"--batch-size must be a number or 'auto', got {self.batch_size!r}")
+        elif not self.auto_batch and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)):
+            problems.append(f"--batch-size must be a whole number or 'auto', got {self.batch_size!r}")
+        elif not self.auto_batch and self.batch_size < 1:
+            problems.append("--batch-size must be >= 1")
+        if self.max_batch_size < 1 or self.max_shard_retries < 0 or (self.num_actors is not None and self.num_actors < 1):
+            problems.append("--max-batch-size and --num-actors must be >= 1, --max-shard-retries >= 0")
+        if self.gpu_decode and self.jpeg_draft:
+            problems.append("--gpu-decode and --jpeg-draft exclude each other (draft is a CPU decode option)")
+        if self.gpu_decode and self.gpus_per_actor is not None and self.gpus_per_actor <= 0:
+            problems.append("--gpu-decode needs GPU actors (--gpus-per-actor > 0)")
         if self.shards_per_actor < 1:
             problems.append("--shards-per-actor must be >= 1")
         if self.scale_superset and self.patch_nums and len(self.patch_nums) > 1:
@@ -128,14 +146,17 @@ class JobSpec:
     variants: tuple[str, ...]
     max_image_pixels: int
     max_member_bytes: int
-    batch_size: int
+    batch_size: int               # the actor's batch; with auto_batch, each actor replaces it by its probe's
     decode_threads: int
     row_group_rows: int
     output: str
     storage_options: dict[str, Any]
     jpeg_draft: bool = False
+    gpu_decode: bool = False
     channels_last: bool = False
     compile: bool = False
+    auto_batch: bool = False
+    max_batch_size: int = 256
     fingerprint: str = ""
     tokenizer_fingerprint: str = ""
     vocab_size: int = 0
@@ -158,6 +179,7 @@ class JobSpec:
             "row_group_rows": self.row_group_rows,
             # Only when on, so that jobs without it keep the fingerprint they always had.
             **({"jpeg_draft": True} if self.jpeg_draft else {}),
+            **({"gpu_decode": True} if self.gpu_decode else {}),
         }
 
     def compute_fingerprint(self, tokenizer_fingerprint: str) -> str:

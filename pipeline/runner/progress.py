@@ -61,7 +61,8 @@ def format_summary(stats: dict[str, Any]) -> str:
     ]
     for actor in run.get("per_actor", []):
         lines.append(f"  actor pid {actor['pid']} on {actor['host']} ({actor['device']}): {actor['shards']} shards, "
-                     f"{actor['images']} images, busy {100 * actor['utilisation']:.0f}%")
+                     f"{actor['images']} images, busy {100 * actor['utilisation']:.0f}%"
+                     + (f", {actor['batch_probe']}" if actor.get("batch_probe") else ""))
     if run.get("actors_never_ready"):
         lines.append(f"  {run['actors_never_ready']} actors never became ready "
                      + "; ".join(run.get("actor_startup_errors") or []))

@@ -11,6 +11,9 @@ the shard's first batch is decoded and held until its last batch is encoded. So 
 encodes, shard N+1 is already streaming and decoding, and while shard N builds and commits its
 Parquet file, shard N+1 encodes. Each shard's write happens in its own call, so a write error is
 that shard's result and nobody else's.
+
+--gpu-decode: the decode threads only read JPEG headers; the batch's JPEGs are decoded on the
+GPU right before it is encoded (`finish_on_device`, pipeline/sources/device_decode.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pipeline.sinks.manifest import build_manifest, commit_shard
 from pipeline.sinks.schema import ORIGINAL_VARIANT, build_table, token_schema
 from pipeline.sinks.writer import OutputLayout, parquet_bytes
 from pipeline.sources.decode import DecodedSample, decode_sample
+from pipeline.sources.device_decode import Decoder, to_device_tensors
 from pipeline.sources.listing import Shard
 from pipeline.sources.tar_stream import RawSample, iter_samples
 from pipeline.tokenizers.base import Tokenizer
@@ -59,6 +63,7 @@ class ShardResult:
     wait_encoder_s: float = 0.0    # first batch ready, encoder busy with another shard
     wait_input_s: float = 0.0      # encoder held, waiting for decoded images (decode-bound)
     write_s: float = 0.0           # Parquet build + commit (encoder already released)
+    device_decode_s: float = 0.0   # --gpu-decode: the batched device decode + policy (encoder held)
     worker: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,12 +78,14 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def prepare_sample(tok: Tokenizer, spec: JobSpec, raw: RawSample, pin: bool = False) -> Prepared:
+def prepare_sample(tok: Tokenizer, spec: JobSpec, raw: RawSample, pin: bool = False,
+                   device_jpeg: bool = False) -> Prepared:
     """Thread-pool step: decode and apply the image policy; the PIL image is dropped afterwards.
-    `pin`: page-lock the tensor so the encoder's host->GPU copy can be asynchronous."""
+    `pin`: page-lock the tensor so the encoder's host->GPU copy can be asynchronous.
+    `device_jpeg`: JPEGs the GPU can decode stay undecoded (`sample.jpeg`, no tensor yet)."""
     draft = tok.preprocess_config if getattr(spec, "jpeg_draft", False) else None
-    sample = decode_sample(raw, spec.max_image_pixels, draft=draft)
-    if not sample.ok:
+    sample = decode_sample(raw, spec.max_image_pixels, draft=draft, device_jpeg=device_jpeg)
+    if not sample.ok or sample.jpeg is not None:
         return sample, None
     try:
         x = tok.preprocess([sample.image])
@@ -165,11 +172,33 @@ class DecodeStream:
         self.thread.join(timeout=30)
 
 
+def finish_on_device(batch: list[Prepared], decoder: Decoder, tok: Tokenizer, spec: JobSpec,
+                     device: torch.device) -> list[Prepared]:
+    """Decode the batch's pending JPEGs on the device (one call), in place of their missing tensors."""
+    pending = [i for i, (s, _) in enumerate(batch) if s.ok and s.jpeg is not None]
+    if not pending:
+        return batch
+    tensors = to_device_tensors([batch[i][0].jpeg for i in pending], decoder, tok.preprocess_config,
+                                tok.input_range, device)
+    out = list(batch)
+    for i, x in zip(pending, tensors):
+        sample = batch[i][0]
+        sample.jpeg = None
+        if isinstance(x, Exception):  # like a failed CPU decode: no size recorded
+            sample.height = sample.width = None
+            out[i] = (sample.fail("decode_error", f"{type(x).__name__}: {x}"), None)
+        else:
+            out[i] = (sample, x.contiguous(memory_format=torch.channels_last) if spec.channels_last else x)
+    return out
+
+
 def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLayout, *,
                   attempt: int = 0, worker: dict[str, Any] | None = None, pool: Executor | None = None,
                   report: Callable[[int], None] | None = None,
-                  encoder_lock: contextlib.AbstractContextManager | None = None) -> ShardResult:
-    """`encoder_lock`: shared by the shards an actor runs at once (None: this shard alone)."""
+                  encoder_lock: contextlib.AbstractContextManager | None = None,
+                  device_decoder: Decoder | None = None) -> ShardResult:
+    """`encoder_lock`: shared by the shards an actor runs at once (None: this shard alone).
+    `device_decoder`: --gpu-decode's JPEG decoder (device_decode.nvjpeg_decoder), None for Pillow."""
     start = time.perf_counter()
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(spec.decode_threads)
@@ -178,9 +207,11 @@ def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLay
     to_gpu = device.type == "cuda"
     histogram = np.zeros(tok.vocab_size, dtype=np.int64)
     rows, samples = [], 0
-    timing = dict(encode_s=0.0, first_batch_s=0.0, wait_encoder_s=0.0, wait_input_s=0.0)
+    timing = dict(encode_s=0.0, first_batch_s=0.0, wait_encoder_s=0.0, wait_input_s=0.0, device_decode_s=0.0)
+    on_device = device_decoder is not None
     stream = DecodeStream(lambda: iter_samples(shard.url, spec.storage_options, spec.max_member_bytes),
-                          lambda raw: prepare_sample(tok, spec, raw, pin=to_gpu), pool, 2 * spec.batch_size)
+                          lambda raw: prepare_sample(tok, spec, raw, pin=to_gpu, device_jpeg=on_device),
+                          pool, 2 * spec.batch_size)
     try:
         batches = batched(stream, spec.batch_size)
         batch = next(batches, None)
@@ -191,6 +222,10 @@ def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLay
             while batch is not None:
                 if to_gpu:  # pinned host memory: the copy overlaps with whatever the GPU still runs
                     batch = [(s, x.to(device, non_blocking=True) if x is not None else None) for s, x in batch]
+                if device_decoder is not None:
+                    t = time.perf_counter()
+                    batch = finish_on_device(batch, device_decoder, tok, spec, device)
+                    timing["device_decode_s"] += time.perf_counter() - t
                 t = time.perf_counter()
                 rows.extend(encode_batch(tok, spec, batch, shard.name, histogram))
                 timing["encode_s"] += time.perf_counter() - t

@@ -43,6 +43,7 @@ def build_stats(shards: list[Shard], manifests: dict[str, dict[str, Any]], finge
         alive_s = max((slot.retired_at or now) - (slot.ready_at or now), 1e-9)
         per_actor.append({"pid": slot.info.get("pid"), "host": slot.info.get("host"),
                           "node": slot.info.get("node"), "device": slot.info.get("device"),
+                          "batch_size": slot.info.get("batch_size"), "batch_probe": slot.info.get("batch_probe"),
                           "shards": slot.shards, "images": slot.images, "busy_s": round(slot.busy_s, 3),
                           "utilisation": round(min(1.0, slot.busy_s / alive_s), 3)})
     stats: dict[str, Any] = {

@@ -29,6 +29,7 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.sources.device_decode import DeviceJpeg, wants_device
 from pipeline.sources.tar_stream import RawSample
 from pipeline.tokenizers.preprocess import PreprocessConfig, to_rgb
 
@@ -50,6 +51,7 @@ class DecodedSample:
     label: int | None = None
     meta: str | None = None
     image: Any = None           # RGB PIL image when status == "ok"
+    jpeg: DeviceJpeg | None = None  # instead of `image`: a JPEG left for the GPU (--gpu-decode)
     height: int | None = None
     width: int | None = None
 
@@ -58,7 +60,7 @@ class DecodedSample:
         return self.status == "ok"
 
     def fail(self, status: str, error: str) -> "DecodedSample":
-        self.status, self.error, self.image = status, error, None
+        self.status, self.error, self.image, self.jpeg = status, error, None, None
         return self
 
 
@@ -94,8 +96,9 @@ def draft_request(size: tuple[int, int], policy: PreprocessConfig) -> tuple[int,
 
 
 def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  draft: PreprocessConfig | None = None) -> DecodedSample:
-    """`draft`: the image policy to DCT-scale JPEGs for (see the module doc), None for full decodes."""
+                  draft: PreprocessConfig | None = None, device_jpeg: bool = False) -> DecodedSample:
+    """`draft`: the image policy to DCT-scale JPEGs for (see the module doc), None for full decodes.
+    `device_jpeg`: leave JPEGs the GPU can decode undecoded in `.jpeg` (pipeline/sources/device_decode.py)."""
     out = DecodedSample(index=sample.index, key=sample.key)
     out.meta = _text(sample, META_EXTENSION)
     label_text = _text(sample, LABEL_EXTENSION)
@@ -123,6 +126,12 @@ def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS,
             if pixels > max_pixels:
                 return out.fail("too_large", f"{image.width}x{image.height} image has {pixels} pixels, over the "
                                              f"limit of {max_pixels} (decompression bomb guard)")
+            if device_jpeg and wants_device(image):
+                orientation = _orientation(image)
+                if orientation is not None:  # a broken EXIF block: Pillow's path decides
+                    out.jpeg = DeviceJpeg(member.data, orientation)
+                    out.width, out.height = _upright_size(image)
+                    return out
             full = None  # the upright full size, when drafting makes the decoded image smaller
             if draft is not None and image.format in DRAFT_FORMATS:
                 request = draft_request(image.size, draft)
@@ -147,6 +156,16 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     except Exception:  # a broken EXIF block: to_rgb's exif_transpose decides what happens
         orientation = None
     return (h, w) if orientation in SWAPS_SIDES else (w, h)
+
+
+def _orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation (1 when absent or out of range, as exif_transpose treats it); None when
+    the EXIF block cannot be read."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:
+        return None
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _text(sample: RawSample, ext: str) -> str | None:
