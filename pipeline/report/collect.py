@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from pipeline.sinks.arrow_io import open_parquet, read_table
 from pipeline.sinks.manifest import perplexity, read_all_manifests
 from pipeline.sinks.schema import decode_metadata
 from pipeline.sinks.writer import OutputLayout
@@ -69,8 +69,7 @@ def load_job_output(url: str, storage_options: dict[str, Any] | None = None) -> 
     data_files = sorted(layout.list_dir(layout.tokens_dir, ".parquet")) if layout.fs.exists(layout.tokens_dir) else []
     metadata = {}
     if data_files:
-        with layout.fs.open(data_files[0], "rb") as f:
-            metadata = decode_metadata(pq.read_schema(f))
+        metadata = decode_metadata(open_parquet(layout.fs, data_files[0]).schema_arrow)
     return JobOutput(url=url, layout=layout, manifests=manifests, commit_times=_commit_times(layout, manifests),
                      stats=stats, data_files=data_files, metadata=metadata)
 
@@ -143,8 +142,7 @@ def scale_usage(job: JobOutput, max_rows: int = 50_000) -> list[ScaleUsage]:
     for path in job.data_files:
         if rows >= max_rows:
             break
-        with job.layout.fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=["status", "tokens", "scale_shapes"])
+        table = read_table(job.layout.fs, path, columns=["status", "tokens", "scale_shapes"])
         ok = [i for i, status in enumerate(table.column("status").to_pylist()) if status == "ok"][: max_rows - rows]
         if not ok:
             continue

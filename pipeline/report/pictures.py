@@ -9,11 +9,11 @@ import json
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from pipeline.report.collect import JobOutput
+from pipeline.sinks.arrow_io import open_parquet
 from pipeline.sources.decode import decode_sample
 from pipeline.sources.tar_stream import iter_samples
 from pipeline.tokenizers import load_tokenizer
@@ -57,13 +57,12 @@ def rebuild_tokenizer(metadata: dict[str, Any], checkpoint: str | None):
 def _first_ok_rows(job: JobOutput, count: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in job.data_files:
-        with job.layout.fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=max(64, 4 * count)):
-                for row in batch.to_pylist():
-                    if row["status"] == "ok" and row.get("variant") in (None, "orig"):
-                        rows.append(row)
-                        if len(rows) == count:
-                            return rows
+        for batch in open_parquet(job.layout.fs, path).iter_batches(batch_size=max(64, 4 * count), use_threads=False):
+            for row in batch.to_pylist():
+                if row["status"] == "ok" and row.get("variant") in (None, "orig"):
+                    rows.append(row)
+                    if len(rows) == count:
+                        return rows
     return rows
 
 

@@ -21,8 +21,8 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from pipeline.sinks.arrow_io import parquet_from_bytes
 from pipeline.sinks.manifest import read_all_manifests
 from pipeline.sinks.schema import ORIGINAL_VARIANT, decode_metadata
 from pipeline.sinks.writer import OutputLayout
@@ -104,7 +104,7 @@ def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, 
     if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
         report.add("partial", f"{name}: data file checksum differs from its manifest")
         return
-    table = table_from_bytes(data)
+    table = parquet_from_bytes(data).read(use_threads=False)  # not via Arrow's IO pool: arrow_io.py
     if table.num_rows != manifest.get("rows"):
         report.add("partial", f"{name}: {table.num_rows} rows, manifest says {manifest.get('rows')}")
         return
@@ -136,19 +136,6 @@ def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, 
         report.add("partial", f"{name}: {len(original_keys)} sample rows but the input tar has {count} samples")
     elif tar_keys != original_keys:
         report.add("partial", f"{name}: sample keys differ from the input tar's (order or names)")
-
-
-def table_from_bytes(data: bytes) -> pa.Table:
-    """A Parquet file held in memory -> its table, read on this thread from an Arrow-owned copy.
-
-    Not `pq.read_table(io.BytesIO(data))`: that reads the Python file object through Arrow's IO
-    thread pool, and a read task finishing while the interpreter shuts down frees a Python-owned
-    buffer without the GIL and aborts the process ("terminate called without an active
-    exception", apache/arrow#34314; core dump seen here in ~1 of 25 `scaletok verify` runs, after
-    the report was printed). A BufferReader over Arrow memory reads synchronously."""
-    sink = pa.BufferOutputStream()
-    sink.write(data)
-    return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read(use_threads=False)
 
 
 def malformed_rows(table: pa.Table) -> list[int]:

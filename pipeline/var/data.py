@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
+
+from pipeline.sinks.arrow_io import open_parquet, read_table
 
 META_PREFIX = "scaletok."
 READ_COLUMNS = ["tokens", "label", "status"]
@@ -82,8 +83,7 @@ def open_token_source(url: str, storage_options: dict[str, Any] | None = None) -
         raise TokenDataError(f"no .parquet files under {url}")
     metas = []
     for f in files:
-        with fs.open(f, "rb") as fh:
-            metas.append(decode_metadata(pq.read_schema(fh).metadata))
+        metas.append(decode_metadata(open_parquet(fs, f).schema_arrow.metadata))
     first = metas[0]
     if not first or "patch_nums" not in first:
         raise TokenDataError(f"{files[0]} has no scaletok metadata (not written by the tokenize job?)")
@@ -161,7 +161,6 @@ def count_ok_rows(source: TokenSource) -> int:
     """Rows with status "ok" across all files (reads only the status column)."""
     total = 0
     for f in source.files:
-        with source.filesystem.open(f, "rb") as fh:
-            status = pq.read_table(fh, columns=["status"]).column("status")
+        status = read_table(source.filesystem, f, columns=["status"]).column("status")
         total += int(pc.sum(pc.equal(status, "ok")).as_py() or 0)
     return total

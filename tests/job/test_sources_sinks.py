@@ -110,6 +110,25 @@ def test_schema_types_and_deterministic_bytes():
     assert big.schema.field("tokens").type.value_type == pa.int32()
 
 
+def test_arrow_io_reads_what_pyarrow_reads_from_arrow_memory(tmp_path):
+    # arrow_io exists to keep reads off Arrow's IO pool (an abort at interpreter exit, see its doc);
+    # it must give exactly what pq.read_table gives, whole and by column, schema metadata included.
+    import fsspec
+
+    from pipeline.sinks.arrow_io import open_parquet, read_table
+
+    schema = token_schema(256, metadata={"tokenizer": "t", "patch_nums": [1, 2]})
+    data = parquet_bytes(build_table(_rows(40, 256), schema), row_group_rows=16)
+    path = tmp_path / "t.parquet"
+    path.write_bytes(data)
+    fs = fsspec.filesystem("file")
+    assert read_table(fs, str(path)).equals(pq.read_table(path))
+    assert read_table(fs, str(path), columns=["status"]).equals(pq.read_table(path, columns=["status"]))
+    pf = open_parquet(fs, str(path))
+    assert decode_metadata(pf.schema_arrow) == {"tokenizer": "t", "patch_nums": [1, 2]}
+    assert pf.metadata.num_row_groups == 3
+
+
 def test_local_commit_is_exactly_once(tmp_path):
     layout = OutputLayout(str(tmp_path / "out"))
     layout.makedirs()
