@@ -30,7 +30,7 @@ HELP = {
     "gpus_per_actor": "GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
     "cpus_per_actor": "CPUs per actor (torch threads and decode threads)",
     "batch_size": "images per encoder call, or 'auto': each actor measures the batch that fills its device "
-                  "(doubling until out of memory, 80%% of GPU memory, or no more img/s)",
+                  "(doubling until out of memory, over 80%% of GPU memory / half the free RAM, or no more img/s)",
     "max_batch_size": "the largest batch --batch-size auto tries",
     "decode_threads": "image decode threads per actor (default: max(2, cpus-per-actor))",
     "gpu_decode": "decode JPEGs on the actor's GPU with nvJPEG (needs torchvision with CUDA; other pixels than "

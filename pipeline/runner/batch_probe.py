@@ -2,10 +2,13 @@
 
 Every actor runs the probe once, after its tokenizer is built and before its first shard: it
 encodes a synthetic batch of the job's input size at batch 1, 2, 4, ... and keeps doubling while
-(a) the batch still fits: no out-of-memory error and, on a GPU, the peak memory stays under
-`memory_fraction` of the device (the rest is headroom for cuDNN workspaces, the prefetched inputs
-and a second shard's tensors), and (b) doubling still pays: the probe stops after two doublings
-that each gained less than `tolerance` in images/s over the best so far.
+(a) the batch still fits: no out-of-memory error and the peak memory stays under the budget
+(on a GPU `memory_fraction` of the device: the rest is headroom for cuDNN workspaces and a second
+shard's tensors; on a CPU half of the memory available at the start), and the next doubling is
+not predicted to exceed it (memory in use before the batch + twice what the batch added: on a CPU
+an out-of-memory is the kernel killing the actor, not an exception), and (b) doubling still pays:
+the probe stops after two doublings that each gained less than `tolerance` in images/s over the
+best so far.
 The choice is the smallest batch within `tolerance` of the best throughput measured: a larger
 batch than that only costs memory and latency.
 
@@ -21,6 +24,7 @@ The chosen batch is recorded per actor (the job log and every shard's manifest `
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,8 +43,9 @@ MIN_TIMED_S = 0.3        # each batch size is timed over at least this long (and
 class ProbeStep:
     batch: int
     images_per_s: float | None = None   # None: did not fit
-    peak_bytes: int | None = None       # GPU peak memory of the call (None on CPU)
+    peak_bytes: int | None = None       # peak memory during the calls (GPU allocator, or the process RSS)
     error: str | None = None
+    base_bytes: int = 0                 # memory in use before the batch was made (weights, ...)
 
     @property
     def fits(self) -> bool:
@@ -83,6 +88,12 @@ def pick_batch_size(measure: Callable[[int], ProbeStep], max_batch: int = DEFAUL
         if stalls >= 2:
             reason = "throughput stopped growing"
             break
+        if memory_budget is not None and step.peak_bytes is not None and 2 * batch <= max_batch:
+            predicted = step.base_bytes + 2 * max(0, step.peak_bytes - step.base_bytes)
+            if predicted > memory_budget:
+                reason = (f"batch {2 * batch} would need ~{predicted / 2**30:.1f} GiB, over the "
+                          f"{memory_budget / 2**30:.1f} GiB budget")
+                break
         batch *= 2
     fitting = [s for s in steps if s.fits]
     if not fitting:
@@ -112,6 +123,7 @@ def device_measure(tok: Tokenizer, patch_nums: tuple[int, ...], tile_size: int |
     def measure(batch: int) -> ProbeStep:
         gen = torch.Generator().manual_seed(batch)
         x = None
+        base = int(torch.cuda.memory_allocated(device)) if cuda else process_rss()
         try:
             x = torch.rand(batch, 3, *size, generator=gen).mul_(hi - lo).add_(lo).to(device)
             if channels_last:
@@ -127,8 +139,8 @@ def device_measure(tok: Tokenizer, patch_nums: tuple[int, ...], tile_size: int |
                     torch.cuda.synchronize(device)
                 calls += 1
             elapsed = time.perf_counter() - start
-            peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
-            return ProbeStep(batch, batch * calls / elapsed, peak)
+            peak = int(torch.cuda.max_memory_allocated(device)) if cuda else peak_rss()
+            return ProbeStep(batch, batch * calls / elapsed, peak, base_bytes=base or 0)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             return ProbeStep(batch, None, None, f"out of memory ({type(e).__name__})")
         except RuntimeError as e:
@@ -148,9 +160,42 @@ def choose_batch_size(tok: Tokenizer, patch_nums: tuple[int, ...], tile_size: in
                       memory_fraction: float = 0.8) -> BatchChoice:
     size = probe_input_size(tok.preprocess_config, tile_size)
     device = torch.device(getattr(tok, "device", "cpu"))
-    budget = None
     if device.type == "cuda":
         budget = int(memory_fraction * torch.cuda.get_device_properties(device).total_memory)
+    else:
+        available = available_memory()
+        budget = (process_rss() or 0) + available // 2 if available else None
     measure = device_measure(tok, patch_nums, tile_size, overlap, size, channels_last)
     with torch.no_grad():
         return pick_batch_size(measure, max_batch=max_batch, memory_budget=budget)
+
+
+def process_rss() -> int | None:
+    """This process's resident memory now (Linux), None where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss() -> int | None:
+    """The process's resident high-water mark (over its whole life: a conservative peak)."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (what can be allocated without swapping)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

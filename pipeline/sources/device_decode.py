@@ -169,7 +169,8 @@ def to_device_tensors(jpegs: Sequence[DeviceJpeg], decoder: Decoder, cfg: Prepro
                       input_range: tuple[float, float], device: torch.device | str) -> list:
     """Pending JPEGs -> (1, 3, H, W) tensors on `device` in `input_range`, or the exception that
     stopped both the device and the CPU from decoding an image."""
-    decoded = decoder([j.data for j in jpegs]) if jpegs else []
+    decoded = list(decoder([j.data for j in jpegs])) if jpegs else []
+    decoded += [RuntimeError("the device decoder gave no result")] * (len(jpegs) - len(decoded))
     results: list = []
     for jpeg, chw in zip(jpegs, decoded):
         try:

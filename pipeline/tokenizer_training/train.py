@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 import tempfile
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,7 +29,7 @@ from pipeline.ray_connect import init_ray
 from pipeline.tokenizer_training.config import TokenizerTrainConfig
 from pipeline.training.console import say
 from pipeline.training.curves import plot_panels
-from pipeline.training.run_config import ray_run_config
+from pipeline.training.run_config import checkpoint_dir_name, checkpoint_step, ray_run_config
 from pipeline.var.checkpointing import METRICS_FILE, read_jsonl
 from pipeline.var.train import storage_fs
 
@@ -103,8 +102,7 @@ def fit(cfg: TokenizerTrainConfig) -> FitResult:
     final_step = (result.metrics or {}).get("step")
     if final_step is None and ckpt is not None:
         # A rerun of a finished run reports nothing new: its step is the latest checkpoint's.
-        found = re.fullmatch(r"checkpoint_(\d+)", posixpath.basename(ckpt.path.rstrip("/")))
-        final_step = int(found.group(1)) if found else None
+        final_step = checkpoint_step(ckpt.path)
     return FitResult(run_dir=run_dir, final_step=final_step,
                      checkpoint=ckpt.path if ckpt is not None else None,
                      export=export if fs.exists(export) else None, metrics=result.metrics, history=history)
@@ -200,4 +198,4 @@ def _report(trainer: Any, fs: Any, run_dir: str, final: bool) -> None:
                 # The constructor arguments alone: what `scaletok tokenize --tokenizer-config` reads.
                 fs.pipe_file(posixpath.join(run_dir, EXPORT_CONSTRUCTOR), json.dumps(desc["config"], indent=1).encode())
             checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{trainer.step:09d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(trainer.step))

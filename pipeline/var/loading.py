@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from pipeline.tokenizers.checkpoints import CheckpointError, check_keys, read_state_dict, strip_prefix
+from pipeline.training.run_config import checkpoint_dirs
 from pipeline.var.model import VAR, VARConfig
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(VARConfig)} - {"extra"}
@@ -157,7 +158,7 @@ def load_trained(path: str, *, storage_options: Mapping[str, Any] | None = None,
 
     fs, root = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
     if not fs.exists(posixpath.join(root, "state.json")):
-        runs = sorted(p for p in fs.ls(root, detail=False) if re.fullmatch(r"checkpoint_\d+", posixpath.basename(p)))
+        runs = checkpoint_dirs(fs, root)
         if not runs:
             raise CheckpointError(f"{path} is neither a training checkpoint (state.json) nor a run directory")
         root = runs[-1]

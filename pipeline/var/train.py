@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pipeline.config import from_dict, to_dict
 from pipeline.ray_connect import init_ray
 from pipeline.tokenizers import MultiScaleTokens, load_tokenizer
 from pipeline.training.console import say
-from pipeline.training.run_config import ray_run_config
+from pipeline.training.run_config import checkpoint_dir_name, checkpoint_dirs, ray_run_config
 from pipeline.var.checkpointing import METRICS_FILE, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
 from pipeline.var.data import check_tokenizer, count_ok_rows, make_collate, open_token_source, token_dataset
 from pipeline.var.loading import load_var
@@ -243,7 +242,7 @@ def _report(step: int, raw: torch.nn.Module, optimizer: torch.optim.Optimizer, s
             save_checkpoint(d, raw, optimizer, state, history)
             write_jsonl(posixpath.join(run_dir, METRICS_FILE), history, fs=fs)
             checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:09d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(step))
 
 
 def _maybe_inject_failure(cfg: TrainConfig, step: int, rank: int, world: int, fs: Any, run_dir: str) -> None:
@@ -268,5 +267,5 @@ def latest_checkpoint(cfg_or_run_dir: TrainConfig | str, storage_options: dict[s
         fs, run_dir = fsspec.core.url_to_fs(cfg_or_run_dir, **(storage_options or {}))
     if not fs.exists(run_dir):
         return None
-    dirs = sorted(p for p in fs.ls(run_dir, detail=False) if re.fullmatch(r"checkpoint_\d+", posixpath.basename(p)))
+    dirs = checkpoint_dirs(fs, run_dir)
     return dirs[-1] if dirs else None

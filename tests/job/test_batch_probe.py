@@ -19,15 +19,18 @@ from pipeline.tokenizers.preprocess import PreprocessConfig
 from tests.job.conftest import VAR_CONFIG, VAR_PATCH_NUMS, var_config
 
 
-def table(rates: dict[int, float], oom_from: int | None = None, peak_per_image: int | None = None):
-    """measure(batch) from a table of img/s; batches >= oom_from do not fit."""
+def table(rates: dict[int, float], oom_from: int | None = None, peak_per_image: int | None = None,
+          base: int = 0, superlinear: dict[int, int] | None = None):
+    """measure(batch) from a table of img/s; batches >= oom_from do not fit; peak memory is
+    base + peak_per_image * batch unless `superlinear` gives it."""
     calls: list[int] = []
 
     def measure(batch: int) -> ProbeStep:
         calls.append(batch)
         if oom_from is not None and batch >= oom_from:
             return ProbeStep(batch, None, None, "out of memory")
-        return ProbeStep(batch, rates[batch], None if peak_per_image is None else peak_per_image * batch)
+        peak = None if peak_per_image is None else (superlinear or {}).get(batch, base + peak_per_image * batch)
+        return ProbeStep(batch, rates[batch], peak, base_bytes=base)
 
     return measure, calls
 
@@ -52,11 +55,19 @@ def test_a_slower_larger_batch_is_not_chosen():
     assert pick_batch_size(measure, max_batch=8).batch == 2
 
 
-def test_memory_budget_and_cap():
-    measure, calls = table({b: 10.0 * b for b in (1, 2, 4, 8, 16, 32)}, peak_per_image=100)
-    choice = pick_batch_size(measure, max_batch=256, memory_budget=1000)  # 16 x 100 > 1000
-    assert choice.batch == 8 and calls[-1] == 16 and "budget" in choice.steps[-1].error
-    measure, calls = table({b: 10.0 * b for b in (1, 2, 4, 8, 16, 32)})
+def test_memory_budget_measured_and_predicted_and_the_cap():
+    rates = {b: 10.0 * b for b in (1, 2, 4, 8, 16, 32)}
+    # 100 bytes in use before each batch + 50 per image: batch 16 peaks at 900 (fits 1000), and
+    # batch 32 is predicted at 100 + 2 * 800 = 1700, so it is never tried.
+    measure, calls = table(rates, peak_per_image=50, base=100)
+    choice = pick_batch_size(measure, max_batch=256, memory_budget=1000)
+    assert choice.batch == 16 and calls == [1, 2, 4, 8, 16] and "would need ~" in choice.reason
+    # Memory that grows faster than the batch: the prediction lets 16 be tried, its measured peak
+    # is over the budget, and the choice stays at 8.
+    measure, calls = table(rates, peak_per_image=50, base=100, superlinear={16: 1500})
+    choice = pick_batch_size(measure, max_batch=256, memory_budget=1000)
+    assert choice.batch == 8 and calls[-1] == 16 and "over the" in choice.steps[-1].error
+    measure, calls = table(rates)
     assert pick_batch_size(measure, max_batch=6).batch == 4 and calls == [1, 2, 4]
 
 
@@ -94,7 +105,7 @@ def test_measured_on_the_cpu_with_a_real_encoder():
     choice = choose_batch_size(tok, tuple(VAR_PATCH_NUMS[:3]), None, None, max_batch=4)
     assert choice.batch in (1, 2, 4)
     assert [s.batch for s in choice.steps][:1] == [1] and all(s.fits for s in choice.steps)
-    assert all(s.images_per_s > 0 and s.peak_bytes is None for s in choice.steps)
+    assert all(s.images_per_s > 0 and s.peak_bytes >= s.base_bytes > 0 for s in choice.steps)
 
 
 def test_cpu_tokens_do_not_depend_on_the_batch_size():
