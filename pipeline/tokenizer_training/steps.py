@@ -139,7 +139,7 @@ class Trainer:
             self.disc_opt.zero_grad(set_to_none=True)
             d.backward()
             self.disc_opt.step()
-            logs["d_loss"] = float(d)
+            logs["d_loss"] = float(d.detach())
         logs.update(self.family.after_step(out))
         self._track_codes(out)
         self.step += 1
