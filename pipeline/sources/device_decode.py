@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.tokenizers.preprocess import PreprocessConfig, images_to_tensor, to_rgb
+from pipeline.tokenizers.preprocess import (PreprocessConfig, center_crop_box, images_to_tensor, policy_resize,
+                                           unit_to_range)
 
 DEVICE_MODES = ("RGB", "L")   # what Pillow reports for YCbCr and greyscale JPEGs
 INTERPOLATION = {"lanczos": "bicubic", "bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest",
@@ -118,51 +119,30 @@ def orient(chw: torch.Tensor, orientation: int) -> torch.Tensor:
     return chw
 
 
-def policy_size(h: int, w: int, cfg: PreprocessConfig) -> tuple[tuple[int, int], tuple[int, int, int] | None]:
-    """(resized H, W) and the crop (top, left, size) of the image policy, Pillow path's rounding."""
-    if cfg.mode == "center-crop":
-        target = round(cfg.size * cfg.resize_ratio)
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(target * long / short)
-        new_w, new_h = (target, new_long) if w <= h else (new_long, target)
-        return (new_h, new_w), (int(round((new_h - cfg.size) / 2.0)), int(round((new_w - cfg.size) / 2.0)), cfg.size)
-    if cfg.mode == "resize":
-        return (cfg.size, cfg.size), None
-    if cfg.max_side is not None and max(h, w) > cfg.max_side:
-        scale = cfg.max_side / max(h, w)
-        return (max(1, round(h * scale)), max(1, round(w * scale))), None
-    return (h, w), None
-
-
 def policy_on_device(chw: torch.Tensor, cfg: PreprocessConfig, input_range: tuple[float, float]) -> torch.Tensor:
     """Upright (3, H, W) uint8 -> (1, 3, H', W') float in `input_range`, on chw's device.
 
-    Rounded back to 8 bits after the resize (the CPU path resizes 8-bit images), then scaled with
-    the same arithmetic as `uint8_to_tensor`."""
+    The boxes are the Pillow path's (`policy_resize`, `center_crop_box`); the result is rounded
+    back to 8 bits after the resize (the CPU path resizes 8-bit images), then scaled like
+    `uint8_to_tensor`."""
     h, w = int(chw.shape[1]), int(chw.shape[2])
-    (new_h, new_w), crop = policy_size(h, w, cfg)
+    new_w, new_h = policy_resize(w, h, cfg)
     x = chw.unsqueeze(0).float()
-    if (new_h, new_w) != (h, w):
+    if (new_w, new_h) != (w, h):
         mode = INTERPOLATION[cfg.resample]
         kwargs = {"antialias": True, "align_corners": False} if mode in ("bicubic", "bilinear") else {}
         x = F.interpolate(x, size=(new_h, new_w), mode=mode, **kwargs).round_().clamp_(0, 255)
-    if crop is not None:
-        top, left, size = crop
-        x = x[:, :, top:top + size, left:left + size]
-    x = x.div(255)
-    if tuple(input_range) == (0.0, 1.0):
-        return x.contiguous()
-    if tuple(input_range) == (-1.0, 1.0):
-        return x.add(x).add_(-1).contiguous()
-    lo, hi = input_range
-    return x.mul(hi - lo).add_(lo).contiguous()
+    if cfg.mode == "center-crop":
+        left, top, right, bottom = center_crop_box(new_w, new_h, cfg.size)
+        x = x[:, :, top:bottom, left:right]
+    return unit_to_range(x.div(255), input_range).contiguous()
 
 
 def cpu_fallback(data: bytes, cfg: PreprocessConfig, input_range: tuple[float, float]) -> torch.Tensor:
     """The CPU path for one image the device could not decode (raises if Pillow cannot either)."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        return images_to_tensor([to_rgb(im)], cfg, input_range)
+        return images_to_tensor([im], cfg, input_range)  # EXIF orientation and RGB in apply_policy
 
 
 def to_device_tensors(jpegs: Sequence[DeviceJpeg], decoder: Decoder, cfg: PreprocessConfig,

@@ -86,36 +86,63 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     raise ValueError(f"image array must be HW or HWC with 1, 3 or 4 channels, got {arr.shape}")
 
 
-def resize_shorter(image: Image.Image, target: int, resample: str) -> Image.Image:
-    w, h = image.size
+# The policy's geometry, as pure functions of the image size: the Pillow path below and the GPU
+# path (pipeline/sources/device_decode.py) resize and crop to exactly the same boxes.
+
+def shorter_side_size(w: int, h: int, target: int) -> tuple[int, int]:
+    """(w, h) with the shorter side scaled to `target` (the longer one truncated, like torchvision)."""
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = target, int(target * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
-        return image
-    return image.resize((new_w, new_h), RESAMPLE[resample])
+    return (new_short, new_long) if w <= h else (new_long, new_short)
+
+
+def center_crop_box(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred size x size crop, offsets rounded like CenterCrop."""
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+def policy_resize(w: int, h: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """The (w, h) the policy resizes an upright w x h image to, before any crop."""
+    if cfg.mode == "center-crop":
+        return shorter_side_size(w, h, round(cfg.size * cfg.resize_ratio))
+    if cfg.mode == "resize":
+        return cfg.size, cfg.size
+    if cfg.max_side is not None and max(w, h) > cfg.max_side:
+        scale = cfg.max_side / max(w, h)
+        return max(1, round(w * scale)), max(1, round(h * scale))
+    return w, h
+
+
+def resize_shorter(image: Image.Image, target: int, resample: str) -> Image.Image:
+    size = shorter_side_size(*image.size, target)
+    return image if size == image.size else image.resize(size, RESAMPLE[resample])
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    w, h = image.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
+    return image.crop(center_crop_box(*image.size, size))
 
 
 def apply_policy(image: Any, cfg: PreprocessConfig) -> np.ndarray:
     """One image -> uint8 HWC RGB array after the resize/crop policy."""
     image = to_rgb(image)
+    size = policy_resize(*image.size, cfg)
+    if size != image.size:
+        image = image.resize(size, RESAMPLE[cfg.resample])
     if cfg.mode == "center-crop":
-        image = center_crop(resize_shorter(image, round(cfg.size * cfg.resize_ratio), cfg.resample), cfg.size)
-    elif cfg.mode == "resize":
-        if image.size != (cfg.size, cfg.size):
-            image = image.resize((cfg.size, cfg.size), RESAMPLE[cfg.resample])
-    elif cfg.max_side is not None and max(image.size) > cfg.max_side:
-        w, h = image.size
-        scale = cfg.max_side / max(w, h)
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), RESAMPLE[cfg.resample])
+        image = center_crop(image, cfg.size)
     return np.array(image, dtype=np.uint8)
+
+
+def unit_to_range(x: torch.Tensor, input_range: tuple[float, float]) -> torch.Tensor:
+    """Floats in [0, 1] -> `input_range`. For [-1, 1] the reference's arithmetic: x + x - 1."""
+    if tuple(input_range) == (0.0, 1.0):
+        return x
+    if tuple(input_range) == (-1.0, 1.0):
+        return x.add(x).add_(-1)
+    lo, hi = input_range
+    return x.mul(hi - lo).add_(lo)
 
 
 def uint8_to_tensor(batch: np.ndarray | torch.Tensor, input_range: tuple[float, float]) -> torch.Tensor:
@@ -127,13 +154,7 @@ def uint8_to_tensor(batch: np.ndarray | torch.Tensor, input_range: tuple[float, 
     t = torch.as_tensor(batch)
     if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
         raise ValueError(f"expected (B, H, W, 3) uint8, got {tuple(t.shape)} {t.dtype}")
-    x = t.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
-    if input_range == (0.0, 1.0):
-        return x
-    if input_range == (-1.0, 1.0):
-        return x.add(x).add_(-1)
-    lo, hi = input_range
-    return x.mul(hi - lo).add_(lo)
+    return unit_to_range(t.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255), input_range)
 
 
 def images_to_tensor(images: Iterable[Any], cfg: PreprocessConfig,

@@ -19,10 +19,10 @@ from pipeline.runner.shard_task import process_shard
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.decode import decode_sample
 from pipeline.sources.device_decode import (DeviceJpeg, nvjpeg_decoder, orient, pillow_raw_decoder,
-                                            policy_on_device, policy_size, to_device_tensors)
+                                            policy_on_device, to_device_tensors)
 from pipeline.sources.listing import Shard
 from pipeline.sources.tar_stream import Member, RawSample
-from pipeline.tokenizers.preprocess import PreprocessConfig, apply_policy, images_to_tensor, resize_shorter
+from pipeline.tokenizers.preprocess import PreprocessConfig, apply_policy, images_to_tensor
 from tests.job.conftest import tiny_config
 from tests.job.corpus import encode, photo, write_tar
 
@@ -65,13 +65,21 @@ def test_policy_on_device_is_the_cpu_policy_up_to_the_resize_filter(policy):
         assert float(x.min()) >= -1 and float(x.max()) <= 1
 
 
-def test_policy_sizes_round_like_the_pillow_path():
-    for w, h in ((97, 131), (300, 200), (1001, 999), (64, 64)):
-        policy = PreprocessConfig(size=64)
-        (rh, rw), (top, left, size) = policy_size(h, w, policy)
-        resized = resize_shorter(Image.new("RGB", (w, h)), round(64 * 1.125), "lanczos")
-        assert (rw, rh) == resized.size and size == 64
-        assert (top, left) == (int(round((rh - 64) / 2.0)), int(round((rw - 64) / 2.0)))
+def test_device_geometry_is_the_pillow_paths_for_odd_sizes():
+    # Sizes where truncation and crop-offset rounding matter: the device path must end on the
+    # same pixel grid as apply_policy (same resized size, same crop box).
+    rng = np.random.default_rng(0)
+    for w, h in ((97, 131), (300, 200), (1001, 999), (64, 64), (65, 300)):
+        u8 = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for policy in (PreprocessConfig(size=64), PreprocessConfig(mode="resize", size=48),
+                       PreprocessConfig(mode="native", max_side=100)):
+            cpu = apply_policy(u8, policy)
+            x = policy_on_device(torch.from_numpy(u8).permute(2, 0, 1), policy, RANGE)
+            assert tuple(x.shape) == (1, 3, *cpu.shape[:2]), (w, h, policy.mode)
+    # No resize needed (already the policy's size): the device path is exact, crop included.
+    u8 = rng.integers(0, 256, (72, 90, 3), dtype=np.uint8)  # shorter side 72 = round(64 * 1.125)
+    exact = policy_on_device(torch.from_numpy(u8).permute(2, 0, 1), PreprocessConfig(size=64), RANGE)
+    assert torch.equal(exact, images_to_tensor([u8], PreprocessConfig(size=64), RANGE))
 
 
 def test_which_images_wait_for_the_device():
