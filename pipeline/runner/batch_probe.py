@@ -34,7 +34,6 @@ import torch
 from pipeline.tokenizers.base import Tokenizer
 from pipeline.tokenizers.preprocess import PreprocessConfig
 
-AUTO = "auto"
 DEFAULT_MAX_BATCH = 256
 MIN_TIMED_S = 0.3        # each batch size is timed over at least this long (and 2 calls)
 
@@ -103,7 +102,7 @@ def pick_batch_size(measure: Callable[[int], ProbeStep], max_batch: int = DEFAUL
     return BatchChoice(chosen, steps, reason)
 
 
-def probe_input_size(pre: PreprocessConfig, tile_size: int | None) -> tuple[int, int]:
+def probe_input_size(pre: PreprocessConfig) -> tuple[int, int]:
     """The (H, W) the probe encodes: the job's fixed size, or the largest a native image can have."""
     if pre.mode in ("center-crop", "resize"):
         return pre.size, pre.size
@@ -158,7 +157,7 @@ def device_measure(tok: Tokenizer, patch_nums: tuple[int, ...], tile_size: int |
 def choose_batch_size(tok: Tokenizer, patch_nums: tuple[int, ...], tile_size: int | None, overlap: int | None,
                       max_batch: int = DEFAULT_MAX_BATCH, channels_last: bool = False,
                       memory_fraction: float = 0.8) -> BatchChoice:
-    size = probe_input_size(tok.preprocess_config, tile_size)
+    size = probe_input_size(tok.preprocess_config)
     device = torch.device(getattr(tok, "device", "cpu"))
     if device.type == "cuda":
         budget = int(memory_fraction * torch.cuda.get_device_properties(device).total_memory)

@@ -68,7 +68,7 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         raise ValueError(f"--gpu-decode applies the standard image policy on the GPU, and {tok.name} "
                          f"preprocesses images its own way; decode on the CPU for it")
     if spec.auto_batch:
-        probe_input_size(tok.preprocess_config, spec.tile_size)  # native without --max-side: refused here
+        probe_input_size(tok.preprocess_config)  # native without --max-side: refused here
     tok_fp = tok.fingerprint()
     # The latent dtype decides the stored bytes, so it is part of the job's identity (resume guard);
     # discrete jobs keep the fingerprint they always had.

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.runner.batch_probe import DEFAULT_MAX_BATCH
 from pipeline.sources.decode import DEFAULT_MAX_PIXELS
 from pipeline.sources.tar_stream import DEFAULT_MAX_MEMBER_BYTES
 from pipeline.sinks.schema import SCHEMA_VERSION
@@ -39,7 +40,7 @@ class TokenizeConfig:
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
     batch_size: int | str = 16     # or "auto": each actor measures the batch that fills its device
-    max_batch_size: int = 256      # the largest batch --batch-size auto tries
+    max_batch_size: int = DEFAULT_MAX_BATCH  # the largest batch --batch-size auto tries
     decode_threads: int | None = None
     shards_per_actor: int = 2      # shards in flight per actor: the next one streams and decodes
                                    # while the current one encodes, and is encoded while it writes
@@ -156,7 +157,7 @@ class JobSpec:
     channels_last: bool = False
     compile: bool = False
     auto_batch: bool = False
-    max_batch_size: int = 256
+    max_batch_size: int = DEFAULT_MAX_BATCH
     fingerprint: str = ""
     tokenizer_fingerprint: str = ""
     vocab_size: int = 0

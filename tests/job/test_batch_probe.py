@@ -80,10 +80,10 @@ def test_nothing_fits_is_a_clear_error():
 
 
 def test_probe_size_follows_the_image_policy():
-    assert probe_input_size(PreprocessConfig(mode="center-crop", size=64), None) == (64, 64)
-    assert probe_input_size(PreprocessConfig(mode="native", max_side=96), 64) == (96, 96)
+    assert probe_input_size(PreprocessConfig(mode="center-crop", size=64)) == (64, 64)
+    assert probe_input_size(PreprocessConfig(mode="native", max_side=96)) == (96, 96)
     with pytest.raises(ValueError, match="--max-side"):
-        probe_input_size(PreprocessConfig(mode="native"), 64)
+        probe_input_size(PreprocessConfig(mode="native"))
 
 
 def test_config_accepts_auto_and_numbers_only(tmp_path):
