@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sinks.arrow_io import open_parquet, read_table
+from pipeline.sinks.arrow_io import read_schema, read_table
 from pipeline.sinks.manifest import perplexity, read_all_manifests
 from pipeline.sinks.schema import decode_metadata
 from pipeline.sinks.writer import OutputLayout
@@ -69,7 +69,7 @@ def load_job_output(url: str, storage_options: dict[str, Any] | None = None) -> 
     data_files = sorted(layout.list_dir(layout.tokens_dir, ".parquet")) if layout.fs.exists(layout.tokens_dir) else []
     metadata = {}
     if data_files:
-        metadata = decode_metadata(open_parquet(layout.fs, data_files[0]).schema_arrow)
+        metadata = decode_metadata(read_schema(layout.fs, data_files[0]))
     return JobOutput(url=url, layout=layout, manifests=manifests, commit_times=_commit_times(layout, manifests),
                      stats=stats, data_files=data_files, metadata=metadata)
 

@@ -7,7 +7,8 @@ active exception", exit -6; apache/arrow#34314). Seen here in ~1 of 25 `scaletok
 (core dump: `arrow::py::PyBuffer::~PyBuffer` on an IO-pool thread inside `Py_FinalizeEx`).
 So the file's bytes are fetched by fsspec, copied into Arrow-owned memory and read through a
 BufferReader, which Arrow reads synchronously on the calling thread. Token files are small
-(about 1.5 bytes per token), so reading one whole is cheap.
+(about 1.5 bytes per token), so reading one whole is cheap; only the schema (what training start
+and the report read of every file) is read from the footer alone, in two range reads.
 """
 
 from __future__ import annotations
@@ -31,3 +32,22 @@ def open_parquet(fs: Any, path: str) -> pq.ParquetFile:
 
 def read_table(fs: Any, path: str, columns: Sequence[str] | None = None) -> pa.Table:
     return open_parquet(fs, path).read(columns=list(columns) if columns else None, use_threads=False)
+
+
+MAGIC = b"PAR1"
+
+
+def read_schema(fs: Any, path: str) -> pa.Schema:
+    """The Arrow schema (with its key-value metadata) of `path`, from the file's footer only.
+
+    A Parquet file ends with <footer><footer length: 4 bytes LE>"PAR1"; the footer alone after a
+    leading magic is a file Arrow can open for its metadata (no column data is touched)."""
+    size = int(fs.info(path)["size"])
+    tail = fs.cat_file(path, start=max(0, size - 8), end=size) if size >= 12 else b""
+    if len(tail) != 8 or tail[4:] != MAGIC:
+        raise pa.ArrowInvalid(f"{path} is not a Parquet file (no footer magic)")
+    footer_len = int.from_bytes(tail[:4], "little")
+    if footer_len + 12 > size:
+        raise pa.ArrowInvalid(f"{path}: Parquet footer of {footer_len} bytes does not fit a {size}-byte file")
+    footer = fs.cat_file(path, start=size - 8 - footer_len, end=size - 8)
+    return parquet_from_bytes(MAGIC + footer + tail).schema_arrow

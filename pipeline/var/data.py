@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.sinks.arrow_io import open_parquet, read_table
+from pipeline.sinks.arrow_io import read_schema, read_table
 
 META_PREFIX = "scaletok."
 READ_COLUMNS = ["tokens", "label", "status"]
@@ -83,7 +83,7 @@ def open_token_source(url: str, storage_options: dict[str, Any] | None = None) -
         raise TokenDataError(f"no .parquet files under {url}")
     metas = []
     for f in files:
-        metas.append(decode_metadata(open_parquet(fs, f).schema_arrow.metadata))
+        metas.append(decode_metadata(read_schema(fs, f).metadata))
     first = metas[0]
     if not first or "patch_nums" not in first:
         raise TokenDataError(f"{files[0]} has no scaletok metadata (not written by the tokenize job?)")

@@ -13,6 +13,7 @@ from pipeline.sinks.manifest import CommitConflict, commit_shard
 from pipeline.sinks.verify import verify_output
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.listing import expand_shards
+from pipeline.var.data import count_ok_rows, open_token_source
 from tests.job.conftest import TINY_MODULE, var_config
 
 BUCKET = "scaletok-job"
@@ -56,6 +57,10 @@ def test_var_vqvae_from_s3_to_s3_matches_the_local_bytes(s3_server, s3_corpus, v
     assert json.loads(fs.cat_file(f"{BUCKET}/tokens-var/_stats.json"))["totals"]["ok"] == 12
     report = verify_output(out, [f"{s3_corpus}/*.tar"], opts)
     assert report.clean, report.format()
+    # Training's reader on the same S3 output: schemas from the footers (range reads), statuses.
+    source = open_token_source(out, opts)
+    assert len(source.files) == 3 and source.metadata["patch_nums"] == [1, 2, 3, 4]
+    assert count_ok_rows(source) == 12
 
 
 def test_conditional_create_commit_on_s3(s3_server, bucket):

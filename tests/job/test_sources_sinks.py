@@ -115,7 +115,7 @@ def test_arrow_io_reads_what_pyarrow_reads_from_arrow_memory(tmp_path):
     # it must give exactly what pq.read_table gives, whole and by column, schema metadata included.
     import fsspec
 
-    from pipeline.sinks.arrow_io import open_parquet, read_table
+    from pipeline.sinks.arrow_io import open_parquet, read_schema, read_table
 
     schema = token_schema(256, metadata={"tokenizer": "t", "patch_nums": [1, 2]})
     data = parquet_bytes(build_table(_rows(40, 256), schema), row_group_rows=16)
@@ -127,6 +127,12 @@ def test_arrow_io_reads_what_pyarrow_reads_from_arrow_memory(tmp_path):
     pf = open_parquet(fs, str(path))
     assert decode_metadata(pf.schema_arrow) == {"tokenizer": "t", "patch_nums": [1, 2]}
     assert pf.metadata.num_row_groups == 3
+    # The schema from the footer alone: the same schema and metadata as pyarrow's own reader.
+    assert read_schema(fs, str(path)).equals(pq.read_schema(path), check_metadata=True)
+    for bad in (b"", b"PAR1", data[:-1], data[:-8] + (10**9).to_bytes(4, "little") + b"PAR1"):
+        (tmp_path / "bad.parquet").write_bytes(bad)
+        with pytest.raises(pa.ArrowInvalid):
+            read_schema(fs, str(tmp_path / "bad.parquet"))
 
 
 def test_local_commit_is_exactly_once(tmp_path):
