@@ -4,6 +4,11 @@
 `config_from_args` builds the dataclass back from parsed flags layered over an optional YAML/JSON
 file given with `--config`, and `save_config` / `load_config` round-trip through YAML.
 Precedence: dataclass defaults < config file < flags given on the command line.
+
+What is written down (`save_config`, `recorded_dict`) never holds credentials: every key inside a
+config's `storage_options` that looks like a secret is masked as "***", at any depth (s3fs takes
+keys at the top and inside client_kwargs / config_kwargs). A reloaded config then needs its
+secrets from the environment or the command line again, which is where they belong.
 """
 
 from __future__ import annotations
@@ -19,10 +24,30 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+SECRET_HINTS = ("key", "secret", "token", "password", "credential")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def redact_secrets(value: Any) -> Any:
+    """A copy of `value` with every secret-looking key's value masked, at any depth."""
+    if isinstance(value, dict):
+        return {k: ("***" if isinstance(k, str) and any(h in k.lower() for h in SECRET_HINTS)
+                    else redact_secrets(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_secrets(v) for v in value)
+    return value
+
+
+def recorded_dict(cfg: Any) -> dict[str, Any]:
+    """`to_dict(cfg)` for writing down (config files, checkpoints, exports): storage-option
+    secrets masked. The live config, which workers need to reach the storage, is untouched."""
+    data = to_dict(cfg)
+    if isinstance(data.get("storage_options"), dict):
+        data["storage_options"] = redact_secrets(data["storage_options"])
+    return data
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -40,7 +65,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def save_config(cfg: Any, path: str | os.PathLike, fs: Any = None) -> None:
-    text = yaml.safe_dump({"kind": type(cfg).__name__, **to_dict(cfg)}, sort_keys=False)
+    text = yaml.safe_dump({"kind": type(cfg).__name__, **recorded_dict(cfg)}, sort_keys=False)
     if fs is None:
         with open(path, "w") as f:
             f.write(text)

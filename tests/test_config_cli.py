@@ -88,8 +88,32 @@ def test_key_value_flags_keep_numeric_looking_strings():
         parse_kv("no-equals-sign")
 
 
+def test_every_saved_config_masks_storage_secrets_and_keeps_the_live_ones(tmp_path):
+    # One mechanism for all jobs: the tokenize job's config.yaml and the training jobs'
+    # train_config.yaml / checkpoint records, never the options the workers use.
+    import yaml
+
+    from pipeline.config import recorded_dict, save_config
+    from pipeline.runner.config import TokenizeConfig
+    from pipeline.tokenizer_training.config import TokenizerTrainConfig
+    from pipeline.var.train_config import TrainConfig
+
+    opts = {"key": "AKIA", "secret": "s3cr3t", "client_kwargs": {"endpoint_url": "http://h:9000"}}
+    for cfg in (TokenizeConfig(tokenizer="var-vqvae", storage_options=dict(opts)),
+                TrainConfig(tokens="s3://b/t", storage_options=dict(opts)),
+                TokenizerTrainConfig(storage_options=dict(opts))):
+        path = tmp_path / f"{type(cfg).__name__}.yaml"
+        save_config(cfg, path)
+        saved = yaml.safe_load(path.read_text())
+        assert saved["storage_options"] == {"key": "***", "secret": "***",
+                                            "client_kwargs": {"endpoint_url": "http://h:9000"}}
+        assert recorded_dict(cfg)["storage_options"] == saved["storage_options"]
+        assert cfg.storage_options == opts  # the live config still reaches the storage
+        assert "s3cr3t" not in path.read_text()
+
+
 def test_saved_job_config_masks_secrets_at_any_depth():
-    from pipeline.runner.job import redact_secrets
+    from pipeline.config import redact_secrets
 
     opts = {"key": "AKIA", "anon": False, "client_kwargs": {"endpoint_url": "http://h", "aws_secret_access_key": "s",
                                                             "aws_session_token": "t"},

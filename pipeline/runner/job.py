@@ -21,7 +21,6 @@ from pipeline.sinks.manifest import read_all_manifests
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.listing import expand_shards
 
-SECRET_HINTS = ("key", "secret", "token", "password", "credential")
 PROGRESS_POLL_S = 0.5  # how often the driver asks the image counter (not once per shard)
 # Manifests are json.dumps(indent=1, sort_keys=True): a top-level key sits after a newline and one space.
 TOP_LEVEL_FINGERPRINT = b'\n "fingerprint": "'
@@ -33,23 +32,6 @@ class OutputConflict(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[scaletok tokenize] {message}", flush=True)
-
-
-def redact_secrets(value: Any) -> Any:
-    """Storage options with every secret-looking key masked, at any depth (s3fs takes keys both
-    at the top and inside client_kwargs / config_kwargs)."""
-    if isinstance(value, dict):
-        return {k: ("***" if isinstance(k, str) and any(h in k.lower() for h in SECRET_HINTS)
-                    else redact_secrets(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_secrets(v) for v in value)
-    return value
-
-
-def redacted(cfg: TokenizeConfig) -> TokenizeConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, storage_options=redact_secrets(cfg.storage_options or {}))
 
 
 def prepare_output(layout: OutputLayout, spec: JobSpec, cfg: TokenizeConfig) -> None:
@@ -78,9 +60,9 @@ def prepare_output(layout: OutputLayout, spec: JobSpec, cfg: TokenizeConfig) -> 
               "tokenizer": spec.tokenizer, "settings": spec.token_settings()}
     layout.put(job_path, json.dumps(record, indent=1, sort_keys=True, default=str).encode())
     if layout.is_local:
-        save_config(redacted(cfg), layout.join("config.yaml"))
+        save_config(cfg, layout.join("config.yaml"))
     else:
-        save_config(redacted(cfg), layout.join("config.yaml"), fs=layout.fs)
+        save_config(cfg, layout.join("config.yaml"), fs=layout.fs)
 
 
 def connect_ray(address: str | None) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pipeline.config import to_dict
+from pipeline.config import recorded_dict
 from pipeline.tokenizer_training.config import TokenizerTrainConfig
 from pipeline.tokenizer_training.families import Family, checkpoint_state
 from pipeline.tokenizer_training.losses import (PatchDiscriminator, VGGPerceptual, hinge_d_loss, hinge_g_loss,
@@ -200,7 +200,7 @@ class Trainer:
         tok = self.family.tokenizer
         return {"name": self.family.name, "config": tok.describe()["config"],
                 "preprocess": dataclasses.asdict(tok.preprocess_config), "step": self.step,
-                "train_config": to_dict(self.cfg)}
+                "train_config": recorded_dict(self.cfg)}
 
     def save(self, directory: str) -> None:
         state = {"step": self.step, "tokenizer": self.export_description()}

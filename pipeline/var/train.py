@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import from_dict, to_dict
+from pipeline.config import from_dict, recorded_dict, to_dict
 from pipeline.ray_connect import init_ray
 from pipeline.tokenizers import MultiScaleTokens, load_tokenizer
 from pipeline.training.console import say
@@ -171,7 +171,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     collate = make_collate(seq_len, null_label=raw.num_classes)
     shard = ray.train.get_dataset_shard("train")
     use_bf16 = cfg.bf16 and device.type == "cuda"
-    state = {"max_steps": max_steps, "var_config": raw.config.to_dict(), "train_config": to_dict(cfg),
+    state = {"max_steps": max_steps, "var_config": raw.config.to_dict(), "train_config": recorded_dict(cfg),
              "tokenizer": {**tok_spec, "fingerprint": tok.fingerprint()}}
     if rank == 0:
         say(f"[train] world={world} device={device} steps {step}->{max_steps} "
