@@ -87,7 +87,7 @@ def pool_size(cfg: TokenizeConfig, num_shards: int) -> tuple[int, float]:
     if not fits:
         raise RuntimeError(f"no node of the cluster can hold an actor with {cfg.cpus_per_actor} CPUs and "
                            f"{gpus} GPUs (cluster: {dict(total)}); lower --cpus-per-actor/--gpus-per-actor")
-    if getattr(cfg, "gpu_decode", False) and gpus <= 0:
+    if cfg.gpu_decode and gpus <= 0:
         raise ValueError(f"--gpu-decode needs GPU actors, and the cluster has no GPUs ({dict(total)}); "
                          f"drop the flag to decode on the CPU")
     if cfg.num_actors:
@@ -191,7 +191,8 @@ def _run_pool(cfg: TokenizeConfig, spec: JobSpec, todo: list, on_scheduler) -> S
     started = connect_ray(cfg.address)
     try:
         num_actors, gpus = pool_size(cfg, len(todo))
-        log(f"{num_actors} actors x ({cfg.cpus_per_actor} CPU, {gpus} GPU), batch {f'auto (<= {spec.max_batch_size}, measured per actor)' if spec.auto_batch else spec.batch_size}, "
+        batch = f"auto (<= {spec.max_batch_size}, measured per actor)" if spec.auto_batch else spec.batch_size
+        log(f"{num_actors} actors x ({cfg.cpus_per_actor} CPU, {gpus} GPU), batch {batch}, "
             f"{cfg.shards_per_actor} shards in flight per actor")
         counter = ray.remote(num_cpus=0)(ImageCounter).remote()
         bar = ProgressBar(len(todo), enabled=cfg.progress)

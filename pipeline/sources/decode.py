@@ -130,7 +130,7 @@ def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS,
                 orientation = _orientation(image)
                 if orientation is not None:  # a broken EXIF block: Pillow's path decides
                     out.jpeg = DeviceJpeg(member.data, orientation)
-                    out.width, out.height = _upright_size(image)
+                    out.width, out.height = _upright_size(image, orientation)
                     return out
             full = None  # the upright full size, when drafting makes the decoded image smaller
             if draft is not None and image.format in DRAFT_FORMATS:
@@ -148,13 +148,11 @@ def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS,
     return out
 
 
-def _upright_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, read from the header (before any draft)."""
+def _upright_size(image: Image.Image, orientation: int | None = None) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, read from the header (before any draft). A broken
+    EXIF block counts as upright here; to_rgb's exif_transpose decides what happens to it."""
     w, h = image.size
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # a broken EXIF block: to_rgb's exif_transpose decides what happens
-        orientation = None
+    orientation = _orientation(image) if orientation is None else orientation
     return (h, w) if orientation in SWAPS_SIDES else (w, h)
 
 

@@ -158,7 +158,8 @@ def make_collate(seq_len: int, null_label: int):
 
 
 def count_ok_rows(source: TokenSource) -> int:
-    """Rows with status "ok" across all files (reads only the status column)."""
+    """Rows with status "ok" across all files (decodes only the status column; each file is
+    fetched whole, see pipeline/sinks/arrow_io.py)."""
     total = 0
     for f in source.files:
         status = read_table(source.filesystem, f, columns=["status"]).column("status")

@@ -9,6 +9,7 @@ codebook, the residual update of f_hat (phi convolutions) and the decoder.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -84,8 +85,6 @@ def _in_eval_mode(fn):
     """Run `fn(model, ...)` with the model in eval mode (no class dropout, no drop path), then
     put it back as it was: sampling from a model in the middle of training gives the same images
     as sampling from the loaded checkpoint."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(model: Any, *args: Any, **kwargs: Any):
         was_training = model.training
