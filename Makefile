@@ -10,7 +10,7 @@ STAMP := $(VENV)/.scaletok-installed
 DEMO_OUT ?= demo-out
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test bench test-gpu bench-gpu default-tokenizer clean
+.PHONY: install demo test browser bench test-gpu bench-gpu default-tokenizer clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/scaletok demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests
+
+# The report's browser test renders report.html in headless Chromium (Debian's `chromium`).
+# Installed here when missing and apt-get is there (as root, or with password-less sudo);
+# elsewhere the test is skipped and says why.
+browser:
+	@test -x /usr/bin/chromium || command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  { SUDO=$$(test "$$(id -u)" = 0 || echo "sudo -n"); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; } || \
+	  echo "chromium could not be installed: the report's browser test will be skipped"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/encode.py

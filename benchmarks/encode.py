@@ -8,6 +8,14 @@
 --channels-last and --compile take off | on | both (bare flag = on); every combination of the
 listed families, sizes, precisions, batch sizes, layouts and compile modes is run.
 
+Side by side (`--side-by-side`, fp32): per model, the reference's forward (var-vqvae: the
+official op order, benchmarks/reference_vqvae.py), our default forward and our channels-last
+forward on the same weights, alternated in one run on real photos, with the tokens of each arm
+compared with the baseline over every bundled photo (and a fixture's inputs); see side_by_side.py.
+
+    python benchmarks/encode.py --side-by-side --families var-vqvae --config '{}' --batch-sizes 4 --iters 3
+    python benchmarks/encode.py --side-by-side --configs-json benchmarks/side_by_side_models.json
+
 Weights are seeded random (no download); the timed call is the full `tok.encode` (encoder +
 quantiser), on pre-made tensors. FLOPs come from torch's FlopCounterMode on one batch.
 Results are printed as a table and appended as JSON lines to --json.
@@ -129,6 +137,33 @@ def load_runs(families: str, config: str | None, configs_json: str | None) -> li
     return [(e["name"], e.get("config"), e.get("checkpoint")) for e in entries]
 
 
+def side_by_side_main(args: argparse.Namespace) -> int:
+    """--side-by-side: one JSON line per (model, size, batch, arm) into --json."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import append_jsonl, conditions
+    from side_by_side import bundled_photos, format_row, run_entry
+
+    if args.configs_json:
+        with open(args.configs_json) as f:
+            entries = json.load(f)
+    else:
+        cfg = json.loads(args.config) if args.config else None
+        entries = [{"name": family, "config": cfg} for family in args.families.split(",")]
+    stamp = {"benchmark": "encode_side_by_side", **conditions(args.device)}
+    print(f"# {json.dumps(stamp)}", flush=True)
+    photos = bundled_photos()
+    print(f"{'model':<22} {'size':>4} {'batch':>5} {'arm':<14} {'img/s':>8} {'vs base':>7}  identity", flush=True)
+    for entry in entries:
+        for size in map(int, str(entry.get("size") or args.sizes).split(",")):
+            for batch in map(int, args.batch_sizes.split(",")):
+                for row in run_entry(entry, size, batch, args.iters, args.warmup, photos,
+                                     check_identity=not args.no_identity, device=args.device):
+                    print(format_row(row), flush=True)
+                    append_jsonl(args.json, {**stamp, **row, "config": entry.get("config"),
+                                             "checkpoint": entry.get("checkpoint"), "options": entry.get("options")})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="var-vqvae")
@@ -147,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense peak for the precision (default: datasheet table on known GPUs)")
     p.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "encode.jsonl"))
+    p.add_argument("--side-by-side", action="store_true",
+                   help="reference vs ours vs channels-last, alternated, with token identity (fp32, CPU or GPU)")
+    p.add_argument("--no-identity", action="store_true", help="--side-by-side: time only, skip the token comparison")
     args = p.parse_args(argv)
+    if args.side_by_side:
+        return side_by_side_main(args)
     runs = load_runs(args.families, args.config, args.configs_json)
     stamp = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),

@@ -28,6 +28,7 @@ One JSON line per run goes to benchmarks/results/pipeline_efficiency.jsonl, with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -59,7 +60,8 @@ def job_config(args: argparse.Namespace, pattern: str, out: str, tok_json: str |
         num_actors=1, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=1 if args.device == "cuda" else 0,
         decode_threads=args.decode_threads, shards_per_actor=args.shards_per_actor, jpeg_draft=args.jpeg_draft,
         gpu_decode=args.gpu_decode,
-        channels_last=args.channels_last, compile=args.compile, progress=False, overwrite=True)
+        channels_last=args.channels_last, compile=args.compile, progress=False, overwrite=True,
+        audit_fraction=args.audit_fraction)
 
 
 def bare_encoder(cfg: TokenizeConfig, device: str, threads: int):
@@ -120,11 +122,27 @@ def whole_job(cfg: TokenizeConfig, num_gpus: int) -> dict:
     busy = slot.busy_s  # first shard handed out -> last shard's result (one actor, never starved)
     images = sum(r.images_ok for r in results)
     total = {k: sum(getattr(r, k) for r in results) for k in
-             ("encode_s", "decode_s", "read_s", "write_s", "wait_input_s", "wait_encoder_s", "first_batch_s")}
+             ("encode_s", "decode_s", "read_s", "write_s", "wait_input_s", "wait_encoder_s", "first_batch_s",
+              "audit_s")}
     first = outcome.results[min(outcome.results)]  # the first shard handed out (shards go in name order)
     return {"images": images, "shards": len(results), "seconds": busy, "img_per_s": images / busy,
             "wall_s": wall, "startup_s": wall - busy, "device": slot.info.get("device"),
             "totals": total, "first_shard_first_batch_s": first.first_batch_s}
+
+
+def audit_cost(cfg: TokenizeConfig, with_audit: dict, num_gpus: int) -> dict:
+    """The job without the audit, alternated with two runs with it (the first is `with_audit`)."""
+    plain_cfg = dataclasses.replace(cfg, audit_fraction=0.0)
+    plain = [whole_job(plain_cfg, num_gpus)]
+    audited = [with_audit, whole_job(cfg, num_gpus)]
+    plain.append(whole_job(plain_cfg, num_gpus))
+    rate = {k: sum(r["img_per_s"] for r in runs) / len(runs) for k, runs in (("plain", plain), ("audited", audited))}
+    share = sum(r["totals"]["audit_s"] for r in audited) / sum(r["seconds"] for r in audited)
+    result = {"plain_img_per_s": rate["plain"], "audited_img_per_s": rate["audited"],
+              "audited_over_plain": rate["audited"] / rate["plain"], "audit_time_share": share}
+    print(f"audit at {cfg.audit_fraction:g}: {rate['audited']:.3f} img/s vs {rate['plain']:.3f} without "
+          f"(ratio {result['audited_over_plain']:.3f}); decoding the audited rows took {share:.2%} of the job's time")
+    return result
 
 
 def profile(a: dict, b: dict, cpus: float) -> dict:
@@ -165,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-repeat", action="store_true", help="measure (a) only before (b), not also after it")
+    p.add_argument("--audit-fraction", type=float, default=0.01, help="the job's --audit-fraction (its default)")
+    p.add_argument("--audit-compare", action="store_true",
+                   help="also run (b) with --audit-fraction 0, alternated (b0, bF, b0, bF): the audit's cost")
     p.add_argument("--workdir", default=None, help="where the corpus and output go (default: a temp dir, removed)")
     p.add_argument("--json", default=str(RESULTS / "pipeline_efficiency.jsonl"))
     args = p.parse_args(argv)
@@ -195,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(a) again:        {a_runs[1]['img_per_s']:.3f} img/s", flush=True)
         a = {"images": a_runs[0]["images"], "img_per_s": sum(r["img_per_s"] for r in a_runs) / len(a_runs),
              "runs": a_runs}
+        audit = audit_cost(cfg, b, 1 if args.device == "cuda" else 0) if args.audit_compare else None
         prof = profile(a, b, args.cpus_per_actor)
         ratio = b["img_per_s"] / a["img_per_s"]
         print(f"ratio b/a = {ratio:.3f}   (goal >= 0.90; a = mean of the runs before and after b)")
@@ -211,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                   "jpeg_draft": args.jpeg_draft, "gpu_decode": args.gpu_decode, "channels_last": args.channels_last, "compile": args.compile,
                   "corpus": {"images": b["images"], "shards": args.shards, "format": "jpg", "max_side": args.max_side},
                   "job_path": "run_tokenize on a private local Ray, 1 actor",
-                  "bare_encoder": a, "job": b, "ratio": ratio, "profile": prof}
+                  "bare_encoder": a, "job": b, "ratio": ratio, "profile": prof,
+                  "audit_fraction": args.audit_fraction, "audit_cost": audit}
         append_jsonl(args.json, record)
         print(f"appended to {args.json}")
     finally:

@@ -3,15 +3,17 @@
 (a) per-shard overhead: `--shards` tiny shards (one 32x32 JPEG each) through the real job on two
     raylets started with `ray start` (one actor each, 1 CPU), with a near-zero-cost tokenizer
     (benchmarks/trivial_tokenizer.py). Everything a shard costs is then overhead: the driver's
-    round trip, opening and untarring the shard, Parquet build, the two-step commit (data file +
-    manifest, each fsync'ed), progress reporting. Reported per shard as
+    round trip, opening and untarring the shard, Parquet build, the commit (attempt file and
+    manifest, each fsync'ed, then the rename that publishes the data file), progress reporting. Reported per shard as
       actor_ms_per_shard = actor time (shards in flight) summed over actors / shards   (goal <= 20)
       wall_ms_per_shard  = first dispatch -> last result, / shards (both actors together)
     for each `--shards-per-actor` value given (1 = the sequential path).
 (b) resume planning: `--manifests` committed shards (real manifests: `build_manifest` with a
-    `--vocab` codebook histogram, as commit_shard writes them) in a temp output; time to expand the
-    input pattern and to decide which shards are done (`pipeline.runner.job.plan_resume`, what
-    `run_tokenize` runs on a restart), warm page cache. Goal <= 10 s for 100 000.
+    `--vocab` codebook histogram, as commit_shard writes them, and their published data files) in
+    a temp output; time to expand the input pattern and to decide which shards are done
+    (`pipeline.sinks.manifest.plan_resume`, what `run_tokenize` runs on a restart: one listing of
+    _manifest/, each manifest's fingerprint, one listing of tokens/), warm page cache. Goal <= 10 s
+    for 100 000.
 
     python benchmarks/scheduling.py                                  # 1 000 shards, 100 000 manifests
     python benchmarks/scheduling.py --shards 100 --manifests 5000     # quick check
@@ -38,8 +40,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.runner.config import TokenizeConfig  # noqa: E402
-from pipeline.runner.job import plan_resume, run_tokenize  # noqa: E402
-from pipeline.sinks.manifest import build_manifest, read_all_manifests  # noqa: E402
+from pipeline.runner.job import run_tokenize  # noqa: E402
+from pipeline.sinks.manifest import build_manifest, plan_resume, read_all_manifests  # noqa: E402
 from pipeline.sinks.writer import OutputLayout  # noqa: E402
 from pipeline.sources.listing import expand_shards  # noqa: E402
 
@@ -92,12 +94,14 @@ def write_manifests(layout: OutputLayout, names: list[str], fingerprint: str, vo
     size = 0
     for name in names:
         text = json.dumps(build_manifest(
-            shard=name, input_url=f"s3://bucket/train/{name}.tar", data_file=f"tokens/{name}.parquet", data=b"",
+            shard=name, input_url=f"s3://bucket/train/{name}.tar", data=b"",
             rows=1000, status_counts={"ok": 1000}, samples=1000, fingerprint=fingerprint,
             tokenizer_fingerprint="0" * 32, histogram=hist, duration_s=12.5, attempt=0,
+            attempt_id="20261206000000abcdef-0123456789ab", labels={"min": 0, "max": 999, "count": 1000},
             worker={"pid": 1, "host": "node-1", "node": "0" * 56, "device": "cuda"}), indent=1, sort_keys=True)
         with open(layout.manifest_path(name), "w") as f:
             f.write(text)
+        open(layout.data_path(name), "wb").close()  # published (planning only lists tokens/)
         size = len(text)
     return size
 
@@ -115,9 +119,9 @@ def resume_planning(args: argparse.Namespace, work: str) -> dict:
     shards = expand_shards([pattern])
     expand_s = time.perf_counter() - t
     t = time.perf_counter()
-    todo = plan_resume(layout, shards, fingerprint)
+    plan = plan_resume(layout, shards, fingerprint)
     plan_s = time.perf_counter() - t
-    assert len(todo) == len(shards) - count, (len(todo), len(shards), count)
+    assert len(plan.todo) == len(shards) - count and plan.done == count, (len(plan.todo), len(shards), count)
     record = {"manifests": count, "input_shards": len(shards), "manifest_bytes": size, "vocab": args.vocab,
               "generate_s": generate_s, "expand_input_s": expand_s, "plan_resume_s": plan_s,
               "time_to_plan_s": expand_s + plan_s, "page_cache": "warm (just written)"}

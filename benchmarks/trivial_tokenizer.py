@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer, merge_config, register_tokenizer
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 
 DEFAULTS = {"vocab_size": 16, "patch_nums": (1, 2), "image_size": 32}
 

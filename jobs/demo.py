@@ -19,12 +19,14 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from pipeline.cli import job_main
+from pipeline.errors import JobFailed, checking_inputs
 from pipeline.runner.config import TokenizeConfig
-from pipeline.runner.job import run_tokenize
+from pipeline.runner.job import OutputConflict, run_tokenize
 from pipeline.sinks.reader import ok_rows, read_metadata, row_tokens
-from pipeline.sinks.verify import verify_output
+from pipeline.runner.verify import verify_output
 from pipeline.sources.sample_corpus import write_sample_corpus
-from pipeline.tokenizers import MultiScaleTokens, load_tokenizer
+from pipeline.tokenizers import MultiScaleTokens, TokenizerMismatch, tokenizer_from_metadata
 from pipeline.viz import scale_grid, to_uint8
 
 # The embedded default: a small VAR multi-scale VQ-VAE trained on offline photos, shipped in
@@ -34,10 +36,10 @@ DEMO_TOKENIZER = "default"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
-    p.add_argument("--num-shards", type=int, default=4)
-    p.add_argument("--samples-per-shard", type=int, default=16)
-    p.add_argument("--max-side", type=int, default=384, help="longest side of the corpus images")
-    p.add_argument("--num-actors", type=int, default=1)
+    p.add_argument("--num-shards", type=int, default=4, help="sample corpus shards to write (default 4)")
+    p.add_argument("--samples-per-shard", type=int, default=16, help="images in each corpus shard (default 16)")
+    p.add_argument("--max-side", type=int, default=384, help="longest side of the corpus images in pixels (default 384)")
+    p.add_argument("--num-actors", type=int, default=1, help="tokenizer actors on the local Ray (default 1)")
     p.add_argument("--train-steps", type=int, default=20, help="VAR training steps (0 skips training)")
     p.add_argument("--tokenizer", default=DEMO_TOKENIZER, help="registered tokenizer name (default: the embedded default)")
     p.add_argument("--tokenizer-config", default=None, help="JSON file of the tokenizer's constructor config")
@@ -51,10 +53,10 @@ def tokenize_corpus(args: argparse.Namespace, shards: list[str]) -> str:
                          batch_size=8, overwrite=True)
     code = run_tokenize(cfg)
     if code != 0:
-        raise SystemExit(f"tokenize job failed (exit {code})")
+        raise JobFailed(f"tokenize job failed (exit {code})")
     report = verify_output(output, shards)
     if not report.clean:
-        raise SystemExit(f"verify found problems:\n{report.format()}")
+        raise JobFailed(f"verify found problems:\n{report.format()}")
     return output
 
 
@@ -73,9 +75,10 @@ def picture_of_stored_tokens(output: str, shard: str, path: str, checkpoint: str
     """Input images next to their stored tokens decoded after each scale."""
     files = sorted(glob.glob(os.path.join(output, "tokens", "*.parquet")))
     meta = read_metadata(files[0])
-    tok = load_tokenizer(meta["tokenizer"], checkpoint=checkpoint, config=meta["tokenizer_config"])
-    if tok.fingerprint() != meta["fingerprint"]:
-        raise SystemExit("the demo tokenizer does not match the stored tokens' fingerprint")
+    try:
+        tok = tokenizer_from_metadata(meta, checkpoint)
+    except TokenizerMismatch as e:
+        raise JobFailed(f"the demo tokenizer does not match the stored tokens: {e}") from e
     table = ok_rows(pq.read_table(files[0])).slice(0, count)
     batch = [row_tokens(table, i, tuple(meta["patch_nums"])) for i in range(table.num_rows)]
     tokens = MultiScaleTokens(grids=[torch.cat(g) for g in zip(*(t.grids for t in batch))],
@@ -98,18 +101,20 @@ def train_and_sample(args: argparse.Namespace, tokens: str) -> tuple[str, str]:
     code = sample_main(["--checkpoint", result.run_dir, "--classes", "0,1,2", "--per-class", "4",
                         "--top-k", "100", "--out", samples])
     if code != 0:
-        raise SystemExit(f"sampling failed (exit {code})")
+        raise JobFailed(f"sampling failed (exit {code})")
     return result.run_dir, samples
 
 
 def run(args: argparse.Namespace) -> int:
-    os.makedirs(args.out, exist_ok=True)
     corpus = os.path.join(args.out, "corpus")
-    shards = write_sample_corpus(corpus, num_shards=args.num_shards, samples_per_shard=args.samples_per_shard,
-                                 max_side=args.max_side)
+    with checking_inputs(FileExistsError):
+        os.makedirs(args.out, exist_ok=True)
+        shards = write_sample_corpus(corpus, num_shards=args.num_shards, samples_per_shard=args.samples_per_shard,
+                                     max_side=args.max_side)
     steps = 5 if args.train_steps else 3
     print(f"[1/{steps}] sample corpus: {len(shards)} shards in {corpus}")
-    output = tokenize_corpus(args, shards)
+    with checking_inputs(OutputConflict):  # the tokenizer flags are checked as the job plans
+        output = tokenize_corpus(args, shards)
     print(f"[2/{steps}] tokenized into {output} (verify: clean)")
     path = os.path.join(args.out, "scales.png")
     picture_of_stored_tokens(output, shards[0], path, args.checkpoint)
@@ -127,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return job_main("python -m jobs.demo", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from pipeline.cli import job_main
+from pipeline.errors import UsageError, checking_inputs, one_line
 from pipeline.tokenizers import PreprocessConfig, load_tokenizer
 from pipeline.viz import scale_grid, to_uint8
 
@@ -25,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="tokenizer weights (.safetensors/.pth/.ckpt)")
     p.add_argument("--tokenizer-config", default=None, help="JSON file of the reference constructor arguments")
     p.add_argument("--image-size", type=int, default=None, help="centre-crop size (default: the tokenizer's)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 | bf16 encoder autocast (nearest-code search is always fp32; default fp32)")
 
 
 def load_tokenizer_from_args(args: argparse.Namespace):
@@ -39,19 +42,27 @@ def load_tokenizer_from_args(args: argparse.Namespace):
     return load_tokenizer(args.tokenizer, checkpoint=args.checkpoint, config=config, **options)
 
 
-def run(args: argparse.Namespace) -> int:
-    tok = load_tokenizer_from_args(args)
-    images = []
-    for path in args.images:
+def read_images(paths: list[str]) -> tuple[list[Image.Image], dict[str, str]]:
+    """The readable images among `paths`, and why each of the others is not one."""
+    images, unreadable = [], {}
+    for path in paths:
         try:
             with Image.open(path) as im:
                 im.load()
                 images.append(im.copy())
         except (OSError, SyntaxError) as exc:
-            print(f"skipping {path}: not a readable image ({exc})", file=sys.stderr)
+            unreadable[path] = one_line(exc)
+    return images, unreadable
+
+
+def run(args: argparse.Namespace) -> int:
+    with checking_inputs():
+        tok = load_tokenizer_from_args(args)
+    images, unreadable = read_images(args.images)
     if not images:
-        print("no readable images", file=sys.stderr)
-        return 1
+        raise UsageError("no readable image among " + "; ".join(f"{p} ({why})" for p, why in unreadable.items()))
+    for path, why in unreadable.items():
+        print(f"skipping {path}: not a readable image ({why})", file=sys.stderr)
     x = tok.preprocess(images)
     tokens = tok.encode(x)
     os.makedirs(args.out, exist_ok=True)
@@ -68,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.encode", description=__doc__)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return job_main("python -m jobs.encode", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

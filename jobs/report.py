@@ -11,6 +11,9 @@ import sys
 
 import yaml
 
+from pipeline.cli import job_main
+from pipeline.errors import checking_inputs
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="the tokenize job's output directory or URL")
@@ -38,21 +41,16 @@ def parse_storage_options(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pipeline.report import build_report
 
-    try:
+    with checking_inputs():
         path = build_report(args.out, run_dir=args.run, reconstructions=args.reconstructions,
                             checkpoint=args.checkpoint, sample_images=args.samples,
                             storage_options=parse_storage_options(args.storage_options))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"scaletok report: error: {e}", file=sys.stderr)
-        return 2
     print(f"report: {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return job_main("python -m jobs.report", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

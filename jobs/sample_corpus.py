@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from pipeline.cli import job_main
+from pipeline.errors import checking_inputs
 from pipeline.sources.sample_corpus import DEFAULT_MAX_SIDE, write_sample_corpus
 
 
@@ -23,13 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    with checking_inputs(FileExistsError):
         paths = write_sample_corpus(args.out_dir, num_shards=args.num_shards,
                                     samples_per_shard=args.samples_per_shard, seed=args.seed,
                                     max_side=args.max_side)
-    except ValueError as error:
-        print(f"scaletok sample-corpus: error: {error}", file=sys.stderr)
-        return 2
     total_bytes = sum(os.path.getsize(p) for p in paths)
     for path in paths:
         print(path)
@@ -39,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.sample_corpus", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return job_main("python -m jobs.sample_corpus", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,27 +17,14 @@ import argparse
 import json
 import sys
 
+from pipeline.cli import job_main
 from pipeline.config import add_dataclass_args, config_from_args
+from pipeline.errors import checking_inputs
 from pipeline.tokenizer_training.config import TokenizerTrainConfig
-
-HELP = {
-    "train_shards": "WebDataset shards to train on: pattern/glob/list, local or s3://",
-    "eval_shards": "held-out WebDataset shards for PSNR/SSIM/codebook usage and the recon grid",
-    "storage_options": "fsspec option for S3 shards/storage, e.g. client_kwargs={endpoint_url: ...}",
-    "family": "tokenizer family to train: var-vqvae | gq | gsq",
-    "model_config": "tokenizer constructor config, e.g. ch=32 vocab_size=1024 z_channels=16",
-    "crop_size": "random crop side in pixels (a multiple of the tokenizer's downsample)",
-    "batch_size": "global batch over all workers",
-    "num_workers": "Ray Train workers (DDP); one per GPU with --use-gpu",
-    "storage_path": "where runs live: local dir or s3://bucket/prefix",
-    "name": "run name; the same name resumes",
-    "perceptual_weights": "VGG16 weights (torchvision key names) for the perceptual loss; never downloaded",
-    "restart_dead_codes": "every N steps replace codes unused in the window by current latents (0 = off)",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, TokenizerTrainConfig, help_texts=HELP)
+    add_dataclass_args(parser, TokenizerTrainConfig)
     parser.add_argument("--photos-dir", default=None,
                         help="write the offline photo set here and train on it (overrides --train-shards/--eval-shards)")
 
@@ -46,16 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.tokenizer_training.data import NoImagesError
     from pipeline.tokenizer_training.train import fit
 
-    try:
+    with checking_inputs(NoImagesError):
         if args.photos_dir:
             from pipeline.tokenizer_training.photos import write_photo_shards
             written = write_photo_shards(args.photos_dir)
             args.train_shards, args.eval_shards = written["train"][0], written["heldout"][0]
         cfg = config_from_args(TokenizerTrainConfig, args)
         result = fit(cfg)
-    except (ValueError, NoImagesError, FileNotFoundError) as exc:
-        print(f"scaletok train-tokenizer: error: {exc}", file=sys.stderr)
-        return 2
     summary = {"run_dir": result.run_dir, "steps": result.final_step, "checkpoint": result.checkpoint,
                "tokenizer": result.export, "metrics": result.metrics}
     print(json.dumps(summary, indent=1, default=str))
@@ -63,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train_tokenizer", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return job_main("python -m jobs.train_tokenizer", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

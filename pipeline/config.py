@@ -23,31 +23,42 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline.secrets import SecretOptions, redact_secrets, redact_urls  # noqa: F401 (redact_secrets: re-export)
+
 T = TypeVar("T")
-SECRET_HINTS = ("key", "secret", "token", "password", "credential")
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def redact_secrets(value: Any) -> Any:
-    """A copy of `value` with every secret-looking key's value masked, at any depth."""
-    if isinstance(value, dict):
-        return {k: ("***" if isinstance(k, str) and any(h in k.lower() for h in SECRET_HINTS)
-                    else redact_secrets(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_secrets(v) for v in value)
-    return value
-
-
 def recorded_dict(cfg: Any) -> dict[str, Any]:
     """`to_dict(cfg)` for writing down (config files, checkpoints, exports): storage-option
-    secrets masked. The live config, which workers need to reach the storage, is untouched."""
+    secrets masked and URL passwords / signed-URL query strings masked in every field
+    (pipeline/secrets.py). The live config, which workers need to reach the storage, is untouched."""
     data = to_dict(cfg)
-    if isinstance(data.get("storage_options"), dict):
-        data["storage_options"] = redact_secrets(data["storage_options"])
+    return {k: (redact_secrets(v) if k == "storage_options" else redact_urls(v)) for k, v in data.items()}
+
+
+RAY_SECRET_KEY = "__storage_options_ref__"
+
+
+def to_ray_dict(cfg: Any) -> dict[str, Any]:
+    """`to_dict(cfg)` to hand to Ray (a Train loop config, task arguments): storage options are
+    replaced by a reference into Ray's object store, so Ray's state (task specs, the Train
+    controller, the dashboard) never holds them in clear. `config_from_ray` undoes it."""
+    data = to_dict(cfg)
+    if data.get("storage_options"):
+        data[RAY_SECRET_KEY] = SecretOptions.put(getattr(cfg, "storage_options"))
+        data["storage_options"] = {}
     return data
+
+
+def config_from_ray(cls: type[T], data: dict[str, Any]) -> T:
+    """In a Ray worker: the config of `to_ray_dict`, with its storage options back."""
+    data = dict(data)
+    secret = data.pop(RAY_SECRET_KEY, None)
+    if secret is not None:
+        data["storage_options"] = secret.resolve()
+    return from_dict(cls, data)
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -84,18 +95,23 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
     return from_dict(cls, data)
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, help_texts: dict[str, str] | None = None,
-                       positional: tuple[str, ...] = ()) -> None:
-    """One flag per field. Defaults are left unset (None) so that a config file can fill them."""
-    help_texts = help_texts or {}
+def field_help(f: dataclasses.Field) -> str:
+    """A config field's help text, kept beside its default as `field(metadata={"help": ...})`."""
+    return str(f.metadata.get("help", ""))
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = ()) -> None:
+    """One flag per field, its help from the field's metadata. Defaults are left unset (None) so
+    that a config file can fill them; the help shows the dataclass default."""
     hints = typing.get_type_hints(cls)
     parser.add_argument("--config", help="YAML/JSON config file; flags given here override it")
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        text = help_texts.get(f.name, "")
-        text = f"{text} (default: {default})" if default not in (None, "", [], {}) else text
+        text = field_help(f)
+        text = f"{text} (default: {default})".strip() if default not in (None, "", [], {}) else text
+        text = text.replace("%", "%%")  # argparse %-formats help: a literal "%" must not break --help
         if f.name in positional:
             parser.add_argument(f.name, nargs="+" if _is_list(tp) else None, help=text)
             continue

@@ -3,12 +3,24 @@
 Plain `ray.init()` with neither given attaches to whatever Ray this machine started last
 (/tmp/ray/ray_current_cluster), e.g. a test cluster or another user's job; the documented
 behaviour of our jobs is "no address: start a local Ray", hence address="local".
+
+A new local Ray must also be the one its own processes find. Ray Train's helper actors
+(PlacementGroupCleaner) look their cluster up through the state API, which without RAY_ADDRESS
+takes the Ray that `ray start` recorded on this machine, or fails with a traceback when several
+run. So the local Ray's GCS gets a port chosen here, and RAY_ADDRESS names it in the environment
+its processes inherit: the raylet is started inside `ray.init` and passes its environment on to
+every worker. The driver's own environment is restored afterwards, so that nothing this process
+starts later (a subprocess, the next job after `ray.shutdown()`) is sent to a Ray that is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import socket
+from typing import Any, Iterator
+
+from pipeline.secrets import scrub_argv
 
 
 def resolve_address(address: str | None) -> str:
@@ -21,5 +33,56 @@ def init_ray(address: str | None, **kwargs: Any) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=resolve_address(address), **kwargs)
+    _scrub_recorded_entrypoint()
+    resolved = resolve_address(address)
+    if resolved != "local":
+        ray.init(address=resolved, **kwargs)
+        return True
+    with _local_ray_announced(kwargs.get("_node_ip_address")):
+        ray.init(address="local", **kwargs)
     return True
+
+
+@contextlib.contextmanager
+def _local_ray_announced(node_ip: str | None) -> Iterator[None]:
+    """Inside: the next local Ray's GCS port is fixed and RAY_ADDRESS names it (module docstring)."""
+    import ray
+
+    ip = node_ip or ray.util.get_node_ip_address()
+    saved = {name: os.environ.get(name) for name in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
+    port = _free_port(ip)
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"{ip}:{port}"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def _scrub_recorded_entrypoint() -> None:
+    """Ray records the driver's command line (/proc, via psutil) as the job's entrypoint, shown by
+    the state API and the dashboard: a secret given as `--storage-option secret=...` must not be
+    in it. Ray reads it through one module attribute, which is wrapped here once."""
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:
+        return
+    original = ray_utils.get_entrypoint_name
+    if getattr(original, "scaletok_scrubbed", False):
+        return
+
+    def scrubbed() -> str:
+        return " ".join(scrub_argv(original().split(" ")))
+
+    scrubbed.scaletok_scrubbed = True  # type: ignore[attr-defined]
+    ray_utils.get_entrypoint_name = scrubbed

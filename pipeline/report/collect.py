@@ -5,6 +5,7 @@ Nothing here draws or decodes: every function returns data the figures and the p
 
 from __future__ import annotations
 
+import datetime
 import json
 import posixpath
 from collections import Counter, defaultdict
@@ -13,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.io import filesystem_for
 from pipeline.sinks.arrow_io import read_schema, read_table
-from pipeline.sinks.manifest import perplexity, read_all_manifests
+from pipeline.sinks.manifest import is_job_output, perplexity, read_all_manifests, read_committed_set
 from pipeline.sinks.schema import decode_metadata
 from pipeline.sinks.writer import OutputLayout
 
@@ -62,11 +64,15 @@ def load_job_output(url: str, storage_options: dict[str, Any] | None = None) -> 
     layout = OutputLayout(url, storage_options or None)
     if not layout.fs.exists(layout.manifest_dir) and not layout.fs.exists(layout.tokens_dir):
         raise FileNotFoundError(f"{url} holds no tokenize output (no _manifest/ or tokens/)")
-    manifests = read_all_manifests(layout)
+    if is_job_output(layout):  # what readers may read: the committed set of the job's fingerprint
+        committed = read_committed_set(layout)
+        manifests, data_files = committed.manifests, committed.data_paths()
+    else:  # an output from before _job.json: every manifest and data file
+        manifests = read_all_manifests(layout)
+        data_files = sorted(layout.list_dir(layout.tokens_dir, ".parquet")) if layout.fs.exists(layout.tokens_dir) else []
     stats = None
     if layout.fs.exists(layout.join("_stats.json")):
         stats = json.loads(layout.read_bytes(layout.join("_stats.json")))
-    data_files = sorted(layout.list_dir(layout.tokens_dir, ".parquet")) if layout.fs.exists(layout.tokens_dir) else []
     metadata = {}
     if data_files:
         metadata = decode_metadata(read_schema(layout.fs, data_files[0]))
@@ -97,21 +103,59 @@ def actor_label(worker: dict[str, Any] | None) -> str:
     return f"{worker.get('host', '?')} pid {worker.get('pid', '?')} ({worker.get('device', '?')}{', node ' + node if node else ''})"
 
 
-def throughput_spans(job: JobOutput) -> dict[str, list[ShardSpan]]:
-    """actor -> its shards on one time axis (commit time minus the shard's duration .. commit)."""
+def shown_run(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The run the report describes: the last one that committed shards (a rerun that found
+    nothing to do keeps the record of the run that did the work), else the latest."""
+    stats = stats or {}
+    return stats.get("last_working_run") or stats.get("this_run") or {}
+
+
+def run_window(job: JobOutput) -> tuple[float, float] | None:
+    """(start, end) in epoch seconds of the shown run, from its wall time and when it finished
+    (recorded to the second, so never before its last commit); None when not recorded."""
+    run = shown_run(job.stats)
+    wall, finished = run.get("wall_s"), run.get("finished_at")
+    if not isinstance(wall, (int, float)) or not finished:
+        return None
+    try:
+        end = datetime.datetime.fromisoformat(str(finished)).timestamp()
+    except ValueError:
+        return None
+    commits = [t for t in job.commit_times.values() if end - wall - 1.0 <= t <= end + 1.0]
+    end = max([end, *commits])
+    return end - float(wall), end
+
+
+def throughput_spans(job: JobOutput, origin: float | None = None) -> dict[str, list[ShardSpan]]:
+    """actor -> its shards on one time axis (commit time minus the shard's duration .. commit), in
+    seconds since `origin` (the run's start; default: the first shard's start). With an origin,
+    shards committed before it (by earlier runs) are left out."""
     raw = []
     for shard, m in job.manifests.items():
         end = job.commit_times.get(shard)
         if end is None or "duration_s" not in m:
             continue
         raw.append((actor_label(m.get("worker")), shard, end - float(m["duration_s"]), end, int(m.get("rows", 0))))
+    if origin is not None:
+        raw = [r for r in raw if r[3] >= origin]
     if not raw:
         return {}
-    t0 = min(r[2] for r in raw)
+    t0 = min(r[2] for r in raw) if origin is None else origin
     spans: dict[str, list[ShardSpan]] = defaultdict(list)
     for actor, shard, start, end, images in sorted(raw, key=lambda r: r[2]):
         spans[actor].append(ShardSpan(shard, start - t0, end - t0, images))
     return dict(spans)
+
+
+def busy_seconds(spans: list[ShardSpan]) -> float:
+    """Time with at least one shard in flight: the union of the spans (an actor works on
+    --shards-per-actor shards at once, so their durations overlap)."""
+    total, reach = 0.0, float("-inf")
+    for s in sorted(spans, key=lambda s: s.start):
+        if s.end > reach:
+            total += s.end - max(s.start, reach)
+            reach = s.end
+    return total
 
 
 def failures_by_kind(job: JobOutput) -> dict[str, int]:
@@ -172,9 +216,7 @@ def scale_usage(job: JobOutput, max_rows: int = 50_000) -> list[ScaleUsage]:
 
 def read_training_rows(run_dir: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The training run's metrics.jsonl rows (empty if it has none yet)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(run_dir, **dict(storage_options or {}))
+    fs, root = filesystem_for(run_dir, storage_options)
     path = posixpath.join(root, "metrics.jsonl")
     if not fs.exists(path):
         return []

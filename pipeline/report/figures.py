@@ -19,8 +19,10 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def throughput_figure(spans: dict[str, list[ShardSpan]]) -> bytes:
-    """Top: images/s of each actor over time (one segment per shard). Bottom: images committed."""
+def throughput_figure(spans: dict[str, list[ShardSpan]], run_s: float | None = None) -> bytes:
+    """Top: images/s of each actor over time (one segment per shard). Bottom: images committed.
+    With `run_s` (the run's wall time) the axis covers the whole run, and the time before the
+    first shard started (Ray, actors, tokenizer loading) is shaded."""
     fig = Figure(figsize=(9, 6))
     top, bottom = fig.subplots(2, 1, sharex=True)
     if not spans:
@@ -31,13 +33,22 @@ def throughput_figure(spans: dict[str, list[ShardSpan]]) -> bytes:
             line = top.plot([s.start, s.end], [s.images_per_s] * 2, lw=3,
                             color=line[0].get_color() if line else None, label=None if line else actor)
     if spans:
-        top.legend(fontsize=7, loc="best")
+        # Upper left: over the start-up, where no shard is drawn, when the axis covers the run.
+        top.legend(fontsize=7, loc="upper left" if run_s else "best")
+        top.set_ylim(0, 1.2 * max(s.images_per_s for items in spans.values() for s in items))
         ends = sorted((s.end, s.images) for items in spans.values() for s in items)
         bottom.step([0] + [e for e, _ in ends], np.cumsum([0] + [n for _, n in ends]), where="post")
+    if run_s:
+        first = min((s.start for items in spans.values() for s in items), default=run_s)
+        for ax in (top, bottom):
+            ax.axvspan(0, max(first, 0), color="0.9", zorder=0)
+            ax.set_xlim(0, run_s)
+        top.text(max(first, 0) / 2, 0.5, "start-up: Ray, actors, tokenizer", transform=top.get_xaxis_transform(),
+                 ha="center", va="center", rotation=90 if first < 0.3 * run_s else 0, color="0.35", fontsize=9)
     top.set_ylabel("images / s (per shard)")
     top.set_title("throughput per actor")
     bottom.set_ylabel("images committed")
-    bottom.set_xlabel("seconds since the first shard started")
+    bottom.set_xlabel("seconds since the run started" if run_s else "seconds since the first shard started")
     return _png(fig)
 
 
@@ -80,4 +91,16 @@ def failures_figure(counts: dict[str, int]) -> bytes:
         ax.text(0.5, 0.5, "no failures", ha="center", va="center", transform=ax.transAxes, fontsize=14)
         ax.set_axis_off()
     ax.set_title("failures by kind")
+    return _png(fig)
+
+
+def audit_figure(psnr_by_scale: dict[int, list[float]]) -> bytes:
+    """The reconstruction audit: PSNR of the audited rows per number of scales decoded (box plot)."""
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.subplots()
+    scales = sorted(psnr_by_scale)
+    ax.boxplot([psnr_by_scale[k] for k in scales], positions=scales, widths=0.6)
+    ax.set_xlabel("scales decoded (1 = the first scale only)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("reconstruction audit: PSNR of the sampled rows")
     return _png(fig)

@@ -46,30 +46,68 @@ def _guarded(title: str, make: Callable[[], Section]) -> Section:
         return Section(title, f'<p class="missing">not available: {html.escape(f"{type(e).__name__}: {e}")}</p>')
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def seconds(s: float) -> str:
+    return f"{s:.1f} s" if s >= 1 else f"{s:.2f} s"
+
+
+def rate(images: float, s: float) -> str:
+    return f"{images / s:.2f} images/s" if s > 0 else "n/a"
+
+
+def run_line(run: dict[str, Any]) -> str:
+    """One run's figures, rounded, with units: images, wall time, overall rate, actors."""
+    if not run:
+        return "no _stats.json"
+    images, wall = int(run.get("images") or 0), float(run.get("wall_s") or 0.0)
+    text = (f"{plural(images, 'image')} in {seconds(wall)} = {rate(images, wall)} overall, "
+            f"on {plural(int(run.get('actors') or 0), 'actor')}")
+    return text + (f" (finished {run['finished_at']})" if run.get("finished_at") else "")
+
+
 def summary_section(job: collect.JobOutput) -> Section:
     stats = job.stats or {}
-    totals, run = stats.get("totals", {}), stats.get("this_run", {})
+    totals, shown, latest = stats.get("totals", {}), collect.shown_run(stats), stats.get("this_run") or {}
     rows = [("output", job.url), ("shards committed", f"{len(job.manifests)} of {stats.get('shards', '?')}"),
             ("samples", totals.get("samples", sum(m.get("samples", 0) for m in job.manifests.values()))),
             ("ok", totals.get("ok", sum(m.get("ok", 0) for m in job.manifests.values()))),
             ("failed", totals.get("failed", sum(m.get("failed", 0) for m in job.manifests.values()))),
             ("missing shards", len(stats.get("missing_shards", []))),
-            ("last run", f"{run.get('images', '?')} images in {run.get('wall_s', '?')} s = "
-                         f"{run.get('images_per_s', '?')} img/s on {run.get('actors', '?')} actors"
-             if run else "no _stats.json")]
+            ("last run that did work", run_line(shown))]
+    if latest and latest is not shown and latest != shown:
+        rows.append(("latest run", latest.get("note") or run_line(latest)))
     meta = pictures.describe_metadata(job.metadata)
     return Section("Job", _table(rows) + ("<h3>Tokenizer and token format</h3>" + _table(meta) if meta else ""))
 
 
+THROUGHPUT_NOTE = (
+    "<p>Each segment is one shard, drawn from its commit time (the manifest's) back by its duration; "
+    "the axis is the whole run, and the shaded start is the time before the first shard started "
+    "(starting Ray and the actors, loading the tokenizer). Actors that never committed a shard do "
+    "not appear.</p><p>Two rates: <b>overall</b> is the run's images divided by its wall time, "
+    "start-up and idle tail included; <b>while busy</b> is an actor's images divided by the time it "
+    "had at least one shard in flight. The gap between them is the run's fixed cost and idle time: "
+    "on a short run it dominates; on a long one the overall rate approaches the sum of the actors' "
+    "rates while busy.</p>")
+
+
 def throughput_section(job: collect.JobOutput) -> Section:
-    spans = collect.throughput_spans(job)
-    png = figures.throughput_figure(spans)
-    note = ("<p>Each segment is one shard: from its commit time (the manifest's) back by its duration. "
-            "Actors that never committed a shard do not appear.</p>")
-    per_actor = [(a, f"{len(s)} shards, {sum(x.images for x in s)} images, "
-                     f"{sum(x.images for x in s) / max(sum(x.end - x.start for x in s), 1e-9):.2f} img/s busy")
-                 for a, s in sorted(spans.items())]
-    return Section("Throughput", note + _img("throughput.png", png, "throughput per actor") + _table(per_actor),
+    window = collect.run_window(job)
+    run = collect.shown_run(job.stats)
+    spans = collect.throughput_spans(job, origin=window[0] if window else None)
+    png = figures.throughput_figure(spans, run_s=window[1] - window[0] if window else None)
+    rows = [("whole run", run_line(run))] if run else []
+    for actor, items in sorted(spans.items()):
+        images, busy = sum(x.images for x in items), collect.busy_seconds(items)
+        rows.append((actor, f"{plural(len(items), 'shard')}, {plural(images, 'image')}, busy {seconds(busy)} = "
+                            f"{rate(images, busy)} while busy"))
+    earlier = len(job.manifests) - sum(len(items) for items in spans.values())
+    if window and earlier > 0:
+        rows.append(("not shown", f"{plural(earlier, 'shard')} committed by earlier runs"))
+    return Section("Throughput", THROUGHPUT_NOTE + _img("throughput.png", png, "throughput per actor") + _table(rows),
                    {"throughput.png": png})
 
 
@@ -97,39 +135,79 @@ def reconstruction_section(job: collect.JobOutput, count: int, checkpoint: str |
                            storage_options: dict[str, Any] | None) -> Section:
     grid = pictures.reconstruction_grid(job, count, checkpoint, storage_options)
     png = pictures.png_bytes(grid)
-    note = "<p>Stored tokens decoded with the tokenizer named in the Parquet metadata, scales 1..k per column.</p>"
+    note = ("<p>Stored tokens decoded with the tokenizer named in the Parquet metadata: the input (after the "
+            "image policy), then column k decoded from scales 1 to k (header: k and the grid of scale k).</p>")
     return Section("Input vs reconstruction at each scale",
                    note + _img("reconstructions.png", png, "input and reconstruction per scale"),
                    {"reconstructions.png": png})
 
 
-def training_section(run_dir: str, sample_images: int, storage_options: dict[str, Any] | None) -> Section:
+AUDIT_NOTE = ("<p>Right after encoding, a seeded sample of the ok rows (<code>--audit-fraction</code>) was decoded "
+              "from its stored tokens, each row at one number of scales, and compared with the image the encoder "
+              "saw. Low PSNR after all scales means the tokenizer does not fit these images.</p>")
+
+
+def audit_section(job: collect.JobOutput, checkpoint: str | None, storage_options: dict[str, Any] | None) -> Section:
+    records = [r for m in job.manifests.values() for r in (m.get("audit") or [])]
+    if not records:
+        return Section("Reconstruction audit", "<p>No rows were audited (--audit-fraction 0, or a tokenizer "
+                                               "without a decoder).</p>")
+    summary = (job.stats or {}).get("audit") or {}
+    by_scale: dict[int, list[float]] = {}
+    for r in records:
+        by_scale.setdefault(int(r["scale"]), []).append(float(r["psnr"]))
+    png = figures.audit_figure(by_scale)
+    rows = [(f"{k} of {records[0]['of']} scales", f"{len(v)} rows, PSNR mean {sum(v) / len(v):.2f} dB, "
+             f"min {min(v):.2f} dB, SSIM mean "
+             f"{sum(r['ssim'] for r in records if int(r['scale']) == k) / len(v):.3f}")
+            for k, v in sorted(by_scale.items())]
+    section = Section("Reconstruction audit", AUDIT_NOTE + _img("audit.png", png, "PSNR per scale") + _table(rows),
+                      {"audit.png": png})
+    worst = summary.get("worst") or []
+    if worst:
+        sub = _guarded("worst reconstructions", lambda: Section("worst", "", {"audit_worst.png": pictures.png_bytes(
+            pictures.worst_reconstructions(job, worst, checkpoint, storage_options))}))
+        if "audit_worst.png" in sub.images:
+            section.html += ("<h3>Worst rows after all scales</h3>"
+                             + _img("audit_worst.png", sub.images["audit_worst.png"], "worst reconstructions"))
+            section.images.update(sub.images)
+        else:
+            section.html += sub.html
+    return section
+
+
+def training_section(run_dir: str, sample_images: int, storage_options: dict[str, Any] | None,
+                     class_names: list[str] | None = None) -> Section:
     from pipeline.var.metrics import plot_curves
 
     rows = collect.read_training_rows(run_dir, storage_options)
     if not rows:
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl")
-    section = Section("Training", _table([("run", run_dir), ("steps", rows[-1]["step"]),
-                                          ("last loss", f"{rows[-1]['loss']:.4f}"),
-                                          ("last mean accuracy (Accm)", rows[-1].get("Accm"))]))
+    last = rows[-1]
+    accuracy = f"{last['Accm']:.2f} %" if isinstance(last.get("Accm"), (int, float)) else "n/a"
+    section = Section("Training", _table([("run", run_dir), ("steps", last["step"]),
+                                          ("last loss (cross-entropy, nats)", f"{last['loss']:.4f}"),
+                                          ("last top-1 accuracy, mean over scales (Accm)", accuracy)]))
     curves = plot_curves(rows, title=run_dir)
     if curves:
         section.html += _img("training.png", curves, "loss and accuracy curves")
         section.images["training.png"] = curves
     if sample_images > 0:
-        sub = _guarded("samples", lambda: _samples_section(run_dir, sample_images, storage_options))
+        sub = _guarded("samples", lambda: _samples_section(run_dir, sample_images, storage_options, class_names))
         section.html += "<h3>Samples</h3>" + sub.html
         section.images.update(sub.images)
     return section
 
 
-def _samples_section(run_dir: str, count: int, storage_options: dict[str, Any] | None) -> Section:
+def _samples_section(run_dir: str, count: int, storage_options: dict[str, Any] | None,
+                     class_names: list[str] | None) -> Section:
     per_class = max(1, min(count, 4))
-    grid = pictures.training_samples(run_dir, per_class=per_class, classes=max(1, count // per_class),
-                                     storage_options=storage_options)
+    grid, labels = pictures.training_samples(run_dir, per_class=per_class, classes=max(1, count // per_class),
+                                             storage_options=storage_options, class_names=class_names)
     png = pictures.png_bytes(grid)
-    return Section("samples", "<p>One row per class label, newest checkpoint.</p>" + _img("samples.png", png, "samples"),
-                   {"samples.png": png})
+    note = (f"<p>From the newest checkpoint, {plural(per_class, 'sample')} per row, one row per class: "
+            f"{html.escape(', '.join(labels))}.</p>")
+    return Section("samples", note + _img("samples.png", png, "samples, one row per class"), {"samples.png": png})
 
 
 def render(title: str, sections: list[Section]) -> str:
@@ -149,8 +227,10 @@ def build_report(out: str, run_dir: str | None = None, reconstructions: int = 4,
     if reconstructions > 0:
         sections.append(_guarded("Input vs reconstruction at each scale",
                                  lambda: reconstruction_section(job, reconstructions, checkpoint, storage_options)))
+    sections.append(_guarded("Reconstruction audit", lambda: audit_section(job, checkpoint, storage_options)))
     if run_dir:
-        sections.append(_guarded("Training", lambda: training_section(run_dir, sample_images, storage_options)))
+        names = job.metadata.get("class_names")
+        sections.append(_guarded("Training", lambda: training_section(run_dir, sample_images, storage_options, names)))
     layout = job.layout
     layout.makedirs()
     if layout.is_local:

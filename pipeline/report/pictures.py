@@ -10,15 +10,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.report.collect import JobOutput
-from pipeline.sinks.arrow_io import open_parquet
+from pipeline.runner.audit import job_input_shards
+from pipeline.sinks.arrow_io import open_parquet, read_table
+from pipeline.sinks.manifest import read_job_record
+from pipeline.sinks.reader import row_tokens
 from pipeline.sources.decode import decode_sample
-from pipeline.sources.tar_stream import iter_samples
-from pipeline.tokenizers import load_tokenizer
+from pipeline.sources.inputs import iter_shard_samples
+from pipeline.tokenizers import TokenizerMismatch, tokenizer_from_metadata
 from pipeline.tokenizers.base import MultiScaleTokens
-from pipeline.tokenizers.preprocess import PreprocessConfig
 from pipeline.viz import scale_grid, to_uint8
 
 
@@ -43,15 +45,10 @@ def job_checkpoint(job: JobOutput) -> str | None:
 
 
 def rebuild_tokenizer(metadata: dict[str, Any], checkpoint: str | None):
-    tok = load_tokenizer(metadata["tokenizer"], checkpoint, metadata.get("tokenizer_config"),
-                         precision=metadata.get("precision", "fp32"))
-    tok.preprocess_config = PreprocessConfig(**metadata["preprocess"])
-    recorded = metadata.get("fingerprint")
-    if recorded and tok.fingerprint() != recorded:
-        raise PictureUnavailable(
-            f"the tokenizer rebuilt from the Parquet metadata (checkpoint {checkpoint or 'none: seeded weights'}) has "
-            f"fingerprint {tok.fingerprint()}, the tokens were made with {recorded}; pass --checkpoint")
-    return tok
+    try:
+        return tokenizer_from_metadata(metadata, checkpoint)
+    except TokenizerMismatch as e:
+        raise PictureUnavailable(f"{e} (--checkpoint)") from e
 
 
 def _first_ok_rows(job: JobOutput, count: int) -> list[dict[str, Any]]:
@@ -67,29 +64,62 @@ def _first_ok_rows(job: JobOutput, count: int) -> list[dict[str, Any]]:
 
 
 def _input_images(job: JobOutput, rows: list[dict[str, Any]], storage_options: dict[str, Any] | None):
-    """The original images of `rows`, read again from the input shards their manifests name."""
+    """The original images of `rows`, read again from their input shards (planned as the job
+    planned them: tars, class-folder slices or Parquet files)."""
     wanted: dict[str, set[str]] = {}
     for row in rows:
-        manifest = job.manifests.get(row["shard"]) or {}
-        if not manifest.get("input"):
-            raise PictureUnavailable(f"the manifest of shard {row['shard']} does not name its input")
-        wanted.setdefault(manifest["input"], set()).add(row["key"])
+        wanted.setdefault(row["shard"], set()).add(row["key"])
+    try:
+        shards = job_input_shards(job.layout, read_job_record(job.layout), None, storage_options)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise PictureUnavailable(f"cannot tell where the input images are: {e}") from e
+    columns = (read_job_record(job.layout).get("rebuild") or {}).get("parquet_columns")
     found = {}
-    for url, keys in wanted.items():
+    for name, keys in wanted.items():
+        if name not in shards:
+            raise PictureUnavailable(f"shard {name} is not in the job's input any more")
         try:
-            for raw in iter_samples(url, storage_options):
+            for raw in iter_shard_samples(shards[name], storage_options, columns=columns):
                 if raw.key in keys:
                     sample = decode_sample(raw)
                     if sample.ok:
-                        found[raw.key] = sample.image
-                    if keys <= found.keys():
+                        found[(name, raw.key)] = sample.image
+                    if all((name, k) in found for k in keys):
                         break
         except (OSError, ValueError) as e:
-            raise PictureUnavailable(f"cannot read the input shard {url}: {e}") from e
-    missing = [r["key"] for r in rows if r["key"] not in found]
+            raise PictureUnavailable(f"cannot read the input shard {shards[name].display_url}: {e}") from e
+    missing = [r["key"] for r in rows if (r["shard"], r["key"]) not in found]
     if missing:
         raise PictureUnavailable(f"input images not found for keys {missing[:5]}")
-    return [found[r["key"]] for r in rows]
+    return [found[(r["shard"], r["key"])] for r in rows]
+
+
+def worst_reconstructions(job: JobOutput, worst: list[dict[str, Any]], checkpoint: str | None = None,
+                          storage_options: dict[str, Any] | None = None) -> Image.Image:
+    """The reconstruction audit's worst rows: the input, and the image decoded at the audited scale."""
+    tok = rebuild_tokenizer(job.metadata, checkpoint if checkpoint is not None else job_checkpoint(job))
+    rows = []
+    for item in worst:
+        table = read_table(job.layout.fs, job.layout.data_path(item["shard"]))
+        keys = table.column("key").to_pylist()
+        variants = table.column("variant").to_pylist() if "variant" in table.column_names else ["orig"] * len(keys)
+        index = next((i for i, (k, v) in enumerate(zip(keys, variants)) if k == item["key"] and v == "orig"), None)
+        if index is None:
+            raise PictureUnavailable(f"row {item['shard']}/{item['key']} is not in its data file")
+        rows.append((table, index, item))
+    images = _input_images(job, [{"shard": t.column("shard")[i].as_py(), "key": it["key"]} for t, i, it in rows],
+                           storage_options)
+    originals, recons, labels = [], [], []
+    for (table, index, item), image in zip(rows, images):
+        tokens = row_tokens(table, index)
+        recon = tok.decode(tokens, upto=int(item["scale"]))
+        original = to_uint8(tok.preprocess([image]), tok.input_range)[0]
+        out = to_uint8(recon, tok.input_range)[0][:original.shape[0], :original.shape[1]]
+        originals.append(original)
+        recons.append(out)
+        labels.append(f"{item['key']}: {item['psnr']:.1f} dB")
+    grid = scale_grid(np.stack(originals), [np.stack(recons)], ["after all scales"], cell=112)
+    return label_rows(grid, labels)
 
 
 def reconstruction_grid(job: JobOutput, count: int = 4, checkpoint: str | None = None,
@@ -127,25 +157,66 @@ def reconstruction_grid(job: JobOutput, count: int = 4, checkpoint: str | None =
     originals = [to_uint8(tok.preprocess([image]), tok.input_range)[0] for image in images]
     columns = max(len(d) for d in decoded.values())
     first = rows[0]["scale_shapes"]
-    labels = [f"{h}x{w}" for h, w in zip(first[0::2], first[1::2])][:columns]
+    # Scales are numbered from 1 everywhere in the report (the codebook table, these columns).
+    labels = [f"{k}: {h}x{w}" for k, (h, w) in enumerate(zip(first[0::2], first[1::2]), start=1)][:columns]
     # Rows with fewer scales (other aspect ratios) repeat their last reconstruction.
     per_scale = [[decoded[i][min(k, len(decoded[i]) - 1)] for i in range(len(rows))] for k in range(columns)]
     return scale_grid(originals, per_scale, labels, cell=96)
 
 
 def training_samples(run_dir: str, per_class: int = 4, classes: int = 2,
-                     storage_options: dict[str, Any] | None = None) -> Image.Image:
-    """A grid of class-conditional samples from the run's newest checkpoint (one row per class)."""
+                     storage_options: dict[str, Any] | None = None,
+                     class_names: list[str] | None = None) -> tuple[Image.Image, list[str]]:
+    """A grid of class-conditional samples from the run's newest checkpoint, one row per class,
+    each row labelled with its class; and those labels."""
     from pipeline.var import load_trained
     from pipeline.var.sampling import image_grid, sample
 
     model = load_trained(run_dir, storage_options=storage_options)
-    labels = torch.tensor([c % model.num_classes for c in range(classes) for _ in range(per_class)])
+    row_classes = [c % model.num_classes for c in range(classes)]
+    labels = torch.tensor([c for c in row_classes for _ in range(per_class)])
     result = sample(model, len(labels), labels, seed=0)
-    return image_grid(result.images, ncols=per_class)
+    grid = image_grid(result.images, ncols=per_class)
+    factor = max(1, 128 // int(result.images.shape[-2]))  # small tokenizers' images: enlarged to be seen
+    if factor > 1:
+        grid = grid.resize((grid.width * factor, grid.height * factor), Image.Resampling.NEAREST)
+    names = [class_label(c, class_names) for c in row_classes]
+    return label_rows(grid, names), names
+
+
+def class_label(label: int, class_names: list[str] | None) -> str:
+    if class_names and 0 <= label < len(class_names):
+        return f"class {label}: {class_names[label]}"
+    return f"class {label}"
+
+
+def label_rows(grid: Image.Image, labels: list[str], font_size: int = 14) -> Image.Image:
+    """`grid` (rows of equal height) with each row's label written to its left."""
+    font = ImageFont.load_default(size=font_size)
+    width = 12 + max(int(font.getlength(text)) for text in labels)
+    out = Image.new("RGB", (grid.width + width, grid.height), "white")
+    out.paste(grid, (width, 0))
+    draw = ImageDraw.Draw(out)
+    row_height = grid.height / len(labels)
+    for i, text in enumerate(labels):
+        draw.text((6, int((i + 0.5) * row_height)), text, fill="black", font=font, anchor="lm")
+    return out
+
+
+# (metadata key, what the report calls it). The two fingerprints are named apart: the tokenizer's
+# (weights + config + preprocessing + precision) and the job's (the tokenizer's + token settings).
+METADATA_ROWS = (("tokenizer", "tokenizer"), ("fingerprint", "tokenizer fingerprint"),
+                 ("job_fingerprint", "job fingerprint"), ("patch_nums", "scale schedule (patch_nums)"),
+                 ("scale_grids", "grid of each stored scale"), ("vocab_size", "vocabulary size"),
+                 ("groups", "codes per position"), ("preprocess", "image policy"), ("precision", "precision"),
+                 ("version", "scaletok version"))
 
 
 def describe_metadata(metadata: dict[str, Any]) -> list[tuple[str, str]]:
-    keys = ("tokenizer", "fingerprint", "patch_nums", "vocab_size", "groups", "preprocess", "precision", "version")
-    return [(k, json.dumps(metadata[k]) if not isinstance(metadata[k], str) else metadata[k])
-            for k in keys if k in metadata]
+    return [(name, _metadata_text(key, metadata[key])) for key, name in METADATA_ROWS if key in metadata]
+
+
+def _metadata_text(key: str, value: Any) -> str:
+    if key == "scale_grids" and isinstance(value, list):
+        return ", ".join(f"{k}: {h}x{w}" for k, (h, w) in enumerate(value, start=1))
+    return value if isinstance(value, str) else json.dumps(value)

@@ -24,6 +24,7 @@ from pipeline.runner.batch_probe import BatchChoice, choose_batch_size
 from pipeline.runner.build import build_tokenizer
 from pipeline.runner.config import JobSpec
 from pipeline.runner.shard_task import ShardResult, process_shard
+from pipeline.secrets import scrub_text
 from pipeline.sinks.schema import build_table, token_schema
 from pipeline.sinks.writer import OutputLayout, parquet_bytes
 from pipeline.sources.device_decode import nvjpeg_decoder
@@ -33,6 +34,7 @@ from pipeline.sources.listing import Shard
 class ShardWorker:
     def __init__(self, spec: JobSpec, num_cpus: float = 1.0, reporter: Any = None) -> None:
         torch.set_num_threads(max(1, int(num_cpus)))
+        spec = spec.with_live_options()  # the storage options came through Ray's object store
         self.device = "cuda" if _has_assigned_gpu() else "cpu"
         self.spec = spec
         # --gpu-decode without a usable nvJPEG fails the actor's start (a clear startup error on the
@@ -48,7 +50,8 @@ class ShardWorker:
             self.spec = spec = spec.replace(batch_size=self.batch_choice.batch)
         self.encoder_lock = threading.Lock()
         warm_up_writer(self.tokenizer, spec)
-        self.layout = OutputLayout(spec.output, spec.storage_options)
+        self.layout = OutputLayout(spec.output, spec.storage_options, run_id=spec.run_id,
+                                   allow_unconditional=spec.allow_unconditional_commit)
         self.pool = ThreadPoolExecutor(spec.decode_threads, thread_name_prefix="decode")
         self.reporter = reporter
         self.info_dict = {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
@@ -68,7 +71,8 @@ class ShardWorker:
                                  device_decoder=self.device_decoder)
         except Exception as e:
             last = traceback.format_exception_only(type(e), e)[-1].strip()
-            return ShardResult(shard=shard.name, ok=False, error=last, worker=worker)
+            return ShardResult(shard=shard.name, ok=False, error=scrub_text(last, self.spec.storage_options),
+                               worker=worker)
 
 
 def warm_up_writer(tok: Any, spec: JobSpec) -> None:
@@ -83,12 +87,13 @@ def warm_up_writer(tok: Any, spec: JobSpec) -> None:
 
 def apply_speed_options(tok: Any, spec: JobSpec) -> None:
     """--channels-last and --compile: they change kernels, not what is computed (like the batch
-    size, they are not part of the fingerprint). Only the encoder is compiled: the nearest-code
-    search stays eager fp32."""
-    if getattr(spec, "channels_last", False):
+    size, they are not part of the fingerprint). Other kernels round differently, so codes at
+    near-ties can flip: both stay off by default (benchmarks/RESULTS.md section 2b). Only the
+    encoder is compiled: the nearest-code search stays eager fp32."""
+    if spec.channels_last:
         tok.model.to(memory_format=torch.channels_last)
     encoder = getattr(tok.model, "encoder", None)
-    if getattr(spec, "compile", False) and isinstance(encoder, torch.nn.Module):
+    if spec.compile and isinstance(encoder, torch.nn.Module):
         encoder.compile()  # in place: the state dict (and so the fingerprint) keeps its keys
 
 

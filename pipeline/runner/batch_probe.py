@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from pipeline.tokenizers.base import Tokenizer
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 
 DEFAULT_MAX_BATCH = 256
 MIN_TIMED_S = 0.3        # each batch size is timed over at least this long (and 2 calls)

@@ -11,12 +11,16 @@ import dataclasses
 import importlib
 import os
 
+import numpy as np
+
 from pipeline import __version__
 from pipeline.runner.batch_probe import probe_input_size
-from pipeline.sinks.schema import SCHEMA_VERSION, latent_dtype
+from pipeline.sinks.schema import SCHEMA_VERSION, latent_dtype, variant_names
 from pipeline.runner.config import JobSpec, TokenizeConfig, read_tokenizer_config
+from pipeline.runner.encode_batch import encode_group
+from pipeline.sources.inputs import InputPlan
 from pipeline.tokenizers.base import Tokenizer, load_tokenizer
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 
 
 def build_tokenizer(spec: JobSpec, device: str = "cpu") -> Tokenizer:
@@ -28,15 +32,16 @@ def build_tokenizer(spec: JobSpec, device: str = "cpu") -> Tokenizer:
     return tok
 
 
-def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
-    """Resolve every default once (on the driver) and compute the job's fingerprint."""
+def plan_job(cfg: TokenizeConfig, inputs: InputPlan | None = None) -> tuple[JobSpec, Tokenizer]:
+    """Resolve every default once (on the driver) and compute the job's fingerprint. `inputs`: the
+    input's layout (its class names and Parquet columns decide labels, so they join the settings)."""
     cfg.validate()
     spec = JobSpec(
         tokenizer=cfg.tokenizer, checkpoint=cfg.checkpoint,
         tokenizer_config=read_tokenizer_config(cfg.tokenizer_config),
         tokenizer_module=cfg.tokenizer_module, preprocess={}, precision=cfg.precision,
         patch_nums=(), tile_size=cfg.tile_size, overlap=cfg.overlap,
-        variants=tuple(cfg.extra_variants()), max_image_pixels=int(cfg.max_image_pixels),
+        variants=tuple(cfg.extra_variants()), seed=int(cfg.seed), max_image_pixels=int(cfg.max_image_pixels),
         max_member_bytes=int(cfg.max_member_bytes),
         batch_size=1 if cfg.auto_batch else int(cfg.batch_size),
         decode_threads=int(cfg.decode_threads or max(2, int(cfg.cpus_per_actor))),
@@ -44,6 +49,10 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         storage_options=dict(cfg.storage_options or {}),
         jpeg_draft=bool(cfg.jpeg_draft), gpu_decode=bool(cfg.gpu_decode), channels_last=bool(cfg.channels_last), compile=bool(cfg.compile),
         auto_batch=cfg.auto_batch, max_batch_size=int(cfg.max_batch_size),
+        max_shard_retries=int(cfg.max_shard_retries), allow_unconditional_commit=bool(cfg.allow_unconditional_commit),
+        class_names=tuple(inputs.class_names) if inputs is not None and inputs.class_names else None,
+        parquet_columns=inputs.columns.to_dict() if inputs is not None and inputs.columns else None,
+        audit_fraction=float(cfg.audit_fraction), images_per_shard=int(cfg.images_per_shard),
     )
     if spec.checkpoint and "://" not in spec.checkpoint and not os.path.exists(spec.checkpoint):
         raise ValueError(f"--checkpoint {spec.checkpoint} does not exist")
@@ -64,6 +73,9 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         patch_nums = tuple(range(1, max(patch_nums) + 1))
     spec = spec.replace(preprocess=pre, patch_nums=patch_nums, vocab_size=int(tok.vocab_size))
     tok.preprocess_config = PreprocessConfig(**pre)
+    if spec.crops and type(tok).preprocess is not Tokenizer.preprocess:
+        raise ValueError(f"--variants crop:K crops with the standard image policy, and {tok.name} "
+                         f"preprocesses images its own way")
     if spec.gpu_decode and type(tok).preprocess is not Tokenizer.preprocess:
         raise ValueError(f"--gpu-decode applies the standard image policy on the GPU, and {tok.name} "
                          f"preprocesses images its own way; decode on the CPU for it")
@@ -78,9 +90,14 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
     spec.metadata = {
         "schema_version": SCHEMA_VERSION,
         "tokenizer": spec.tokenizer,
+        # Two fingerprints, each named: the tokenizer's (weights + config + preprocessing +
+        # precision) and the job's (the tokenizer's + every setting that decides the tokens).
+        # `fingerprint` is the tokenizer's under its first name, which readers of older files use.
         "fingerprint": tok_fp,
+        "tokenizer_fingerprint": tok_fp,
         "job_fingerprint": fingerprint,
         "patch_nums": list(patch_nums),
+        "scale_grids": scale_grids(tok, spec, latents.get("latent_dtype", "float16")),
         "scale_superset": bool(cfg.scale_superset),
         "vocab_size": int(tok.vocab_size),
         "groups": int(tok.groups),
@@ -89,16 +106,37 @@ def plan_job(cfg: TokenizeConfig) -> tuple[JobSpec, Tokenizer]:
         "version": __version__,
         "job_config": job_config,
         "tokenizer_config": tok.describe()["config"],
-        "variants": ["orig", *spec.variants] if spec.variants else [],
+        "variants": [name for _, _, name in variant_names(spec.flips, spec.crops)] if spec.variants else [],
+        **({"class_names": list(spec.class_names)} if spec.class_names else {}),
         **latents,
     }
     return spec, tok
 
 
+# What `scale_grids` says when each image keeps its own size and so its own grids.
+GRIDS_PER_ROW = "per row: each row's scale_shapes (native image sizes give each image its own grids)"
+
+
+def scale_grids(tok: Tokenizer, spec: JobSpec, latent_dtype: str) -> list[list[int]] | str:
+    """The [h, w] grid of every stored scale, smallest first, when the image policy gives every
+    image the same canvas (center-crop, resize): what a row's scale_shapes will hold. The schedule
+    alone does not say it: at --image-size 128, patch_nums 1,2,3,4 of var-vqvae are grids 2,4,6,8.
+    Found by encoding one blank image of that canvas the way the actors will; `GRIDS_PER_ROW` for
+    the native policy."""
+    pre = tok.preprocess_config
+    if pre.mode == "native":
+        return GRIDS_PER_ROW
+    blank = np.full((pre.size, pre.size, 3), 128, dtype=np.uint8)
+    (row,) = encode_group(tok, tok.preprocess([blank]), spec.patch_nums, spec.tile_size, spec.overlap,
+                          latent_dtype)
+    shapes = [int(v) for v in row.scale_shapes]
+    return [shapes[i:i + 2] for i in range(0, len(shapes), 2)]
+
+
 def latent_settings(cfg: TokenizeConfig, tok: Tokenizer) -> dict[str, object]:
     """The metadata of a continuous tokenizer's latents ({} for discrete ones), with the checks
     that options make sense for the tokenizer at hand."""
-    dtype = getattr(cfg, "latent_dtype", None) or "float16"
+    dtype = cfg.latent_dtype or "float16"
     latent_dtype(dtype)  # validates the name
     if not tok.continuous:
         if tok.vocab_size <= 0:

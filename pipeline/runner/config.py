@@ -11,55 +11,117 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.runner.batch_probe import DEFAULT_MAX_BATCH
+from pipeline.secrets import SecretOptions
 from pipeline.sources.decode import DEFAULT_MAX_PIXELS
+from pipeline.sources.folders import DEFAULT_IMAGES_PER_SHARD
 from pipeline.sources.tar_stream import DEFAULT_MAX_MEMBER_BYTES
-from pipeline.sinks.schema import SCHEMA_VERSION
+from pipeline.sinks.schema import CROP_VARIANT, FLIP_VARIANTS, SCHEMA_VERSION, parse_variants
 from pipeline.sinks.writer import DEFAULT_ROW_GROUP_ROWS
-from pipeline.tokenizers.preprocess import MODES
+from pipeline.images import MODES
 
-VARIANTS = ("hflip", "vflip")
+VARIANTS = (*FLIP_VARIANTS, f"{CROP_VARIANT}:K")  # crop:K = K seeded random crops (VAR's training transform)
 
 
 @dataclass
 class TokenizeConfig:
-    input: list[str] = field(default_factory=list)
-    output: str = ""
-    tokenizer: str = ""
-    checkpoint: str | None = None
-    tokenizer_config: str | None = None
-    tokenizer_module: str | None = None
-    image_size: int | None = None
-    image_policy: str | None = None
-    max_side: int | None = None
-    tile_size: int | None = None
-    overlap: int | None = None
-    patch_nums: list[int] | None = None
-    scale_superset: bool = False
-    variants: list[str] = field(default_factory=list)
-    num_actors: int | None = None
-    gpus_per_actor: float | None = None
-    cpus_per_actor: float = 1.0
-    batch_size: int | str = 16     # or "auto": each actor measures the batch that fills its device
-    max_batch_size: int = DEFAULT_MAX_BATCH  # the largest batch --batch-size auto tries
-    decode_threads: int | None = None
-    shards_per_actor: int = 2      # shards in flight per actor: the next one streams and decodes
-                                   # while the current one encodes, and is encoded while it writes
-    jpeg_draft: bool = False       # DCT-scaled JPEG decode (faster, other pixels: part of the fingerprint)
-    gpu_decode: bool = False       # JPEGs decoded by nvJPEG on the actor's GPU (other pixels: fingerprint)
-    channels_last: bool = False    # encoder weights/inputs in NHWC (GPU convs; numerics like --batch-size)
-    compile: bool = False          # torch.compile the encoder (slow start; numerics like --batch-size)
-    precision: str = "fp32"
-    latent_dtype: str = "float16"  # continuous tokenizers: float16 | float32 (fp32 precision only)
-    max_shard_retries: int = 3
-    startup_wait_s: float = 0.0
-    actor_start_timeout_s: float = 1800.0   # no actor placed by then: give up (autoscalers take minutes)
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
-    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS
-    overwrite: bool = False
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    address: str | None = None
-    progress: bool = True
+    input: list[str] = field(default_factory=list, metadata={"help": (
+        "WebDataset shard URL or pattern: path, file://, s3://, any fsspec URL; braces, globs, '::' lists")})
+    output: str = field(default="", metadata={"help": "output directory or URL (tokens/, _manifest/, _stats.json go there)"})
+    images_per_shard: int = field(default=DEFAULT_IMAGES_PER_SHARD, metadata={"help": (
+        "class-folder input: images per virtual shard (files in sorted path order)")})
+    image_column: str | None = field(default=None, metadata={"help": (
+        "Parquet input: the column of encoded images, binary or struct<bytes, path> (default: found by name)")})
+    label_column: str | None = field(default=None, metadata={"help": (
+        "Parquet input: the integer label column (default: label, labels, cls, ... when present)")})
+    key_column: str | None = field(default=None, metadata={"help": (
+        "Parquet input: the key column (default: __key__/key, else the image's path, else the row index)")})
+    audit_fraction: float = field(default=0.01, metadata={"help": (
+        "reconstruction audit: decode this seeded fraction of the ok rows right after encoding and record "
+        "PSNR/SSIM per scale in the manifests, _stats.json and the report (0 turns it off)")})
+    tokenizer: str = field(default="", metadata={"help": "registry name, e.g. var-vqvae"})
+    checkpoint: str | None = field(default=None, metadata={"help": (
+        "weights file (.pth/.safetensors); seeded random weights without it")})
+    tokenizer_config: str | None = field(default=None, metadata={"help": (
+        "JSON file with the tokenizer's constructor arguments")})
+    tokenizer_module: str | None = field(default=None, metadata={"help": (
+        "extra module to import in every actor (registers plugin tokenizers)")})
+    image_size: int | None = field(default=None, metadata={"help": (
+        "side the image policy resizes/crops to (default: the tokenizer's)")})
+    image_policy: str | None = field(default=None, metadata={"help": (
+        "center-crop | resize | native (default: native with --tile-size, else center-crop)")})
+    max_side: int | None = field(default=None, metadata={"help": (
+        "native policy: shrink images whose longer side exceeds this")})
+    tile_size: int | None = field(default=None, metadata={"help": "encode native-size images in tiles of this many pixels"})
+    overlap: int | None = field(default=None, metadata={"help": "tile overlap in pixels"})
+    patch_nums: list[int] | None = field(default=None, metadata={"help": (
+        "scale schedule, e.g. 1,2,3,4,5,6,8,10,13,16 (default: the tokenizer's)")})
+    scale_superset: bool = field(default=False, metadata={"help": (
+        "store every scale 1..N (N = last of the schedule) so FlexVAR-style schedules can be sliced")})
+    variants: list[str] = field(default_factory=list, metadata={"help": (
+        "augmentation variants stored as extra rows (comma-separated): hflip, vflip, crop:K (K seeded random "
+        "crops of VAR's training transform, each also flipped with hflip/vflip; needs --image-policy center-crop)")})
+    seed: int = field(default=0, metadata={"help": (
+        "seed of the crop:K variants: a crop's box derives from (seed, sample key, crop index)")})
+    num_actors: int | None = field(default=None, metadata={"help": (
+        "tokenizer actors (default: one per GPU, or one per --cpus-per-actor CPUs)")})
+    gpus_per_actor: float | None = field(default=None, metadata={"help": (
+        "GPUs per actor (default: 1 when the cluster has GPUs, else 0)")})
+    cpus_per_actor: float = field(default=1.0, metadata={"help": "CPUs per actor (torch threads and decode threads)"})
+    batch_size: int | str = field(default=16, metadata={"help": (
+        "images per encoder call, or 'auto': each actor measures the batch that fills its device "
+        "(doubling until out of memory, over 80% of GPU memory / half the free RAM, or no more img/s)")})
+    max_batch_size: int = field(default=DEFAULT_MAX_BATCH, metadata={"help": "the largest batch --batch-size auto tries"})
+    decode_threads: int | None = field(default=None, metadata={"help": (
+        "image decode threads per actor (default: max(2, cpus-per-actor))")})
+    # Two in flight by default: the next shard streams and decodes while the current one
+    # encodes, and is encoded while the current one writes.
+    shards_per_actor: int = field(default=2, metadata={"help": (
+        "shards in flight per actor: while one encodes, the next is read and decoded and the previous "
+        "one committed (1 trades that overlap for no queued shard at the tail)")})
+    jpeg_draft: bool = field(default=False, metadata={"help": (
+        "CPU: libjpeg's DCT-scaled decode before the resize (less decode CPU on large JPEGs; other pixels, "
+        "so its own fingerprint)")})
+    gpu_decode: bool = field(default=False, metadata={"help": (
+        "decode JPEGs on the actor's GPU with nvJPEG (needs torchvision with CUDA; other pixels than "
+        "Pillow, so its own fingerprint; non-JPEGs and images nvJPEG refuses go through Pillow)")})
+    channels_last: bool = field(default=False, metadata={"help": (
+        "encoder weights and inputs in NHWC memory format (faster GPU convolutions; kernels only, "
+        "numerics like another --batch-size)")})
+    compile: bool = field(default=False, metadata={"help": (
+        "torch.compile the encoder (slow first batch; kernels only, numerics like another --batch-size)")})
+    precision: str = field(default="fp32", metadata={"help": (
+        "fp32 | bf16 encoder autocast (nearest-code search is always fp32)")})
+    latent_dtype: str = field(default="float16", metadata={"help": (
+        "continuous tokenizers (vitok): float16 | float32 storage of the latents (float32 needs --precision fp32)")})
+    max_shard_retries: int = field(default=3, metadata={"help": (
+        "retries of a shard whose attempt failed (unreadable, actor died, timed out, out of memory) "
+        "before it is reported")})
+    # A hung read (a stalled object store connection) or a hung actor must not stall the job forever.
+    shard_timeout_s: float = field(default=3600.0, metadata={"help": (
+        "an attempt still running after this many seconds fails (its actor is replaced) and the shard is "
+        "retried; 0 disables the limit")})
+    allow_unconditional_commit: bool = field(default=False, metadata={"help": (
+        "commit on an output store that ignores conditional creates (If-None-Match), by check-then-write: "
+        "exactly-once then only holds while no two attempts of one shard run at once (one job, no network "
+        "partitions); without this flag such a store is refused")})
+    startup_wait_s: float = field(default=0.0, metadata={"help": (
+        "wait up to this long for the whole actor pool before handing out shards (benchmarks)")})
+    # Autoscalers take minutes to bring a node, hence the long default.
+    actor_start_timeout_s: float = field(default=1800.0, metadata={"help": (
+        "fail the job if not one tokenizer actor is placed and started within this many "
+        "seconds (the cluster is full, or no node will ever fit one)")})
+    max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
+        "decompression-bomb guard: larger images get status too_large")})
+    max_member_bytes: int = field(default=DEFAULT_MAX_MEMBER_BYTES, metadata={"help": (
+        "tar members larger than this are not read (status too_large)")})
+    row_group_rows: int = field(default=DEFAULT_ROW_GROUP_ROWS, metadata={"help": "Parquet row group size in rows"})
+    overwrite: bool = field(default=False, metadata={"help": (
+        "delete an output written by a different tokenizer/config instead of refusing")})
+    storage_options: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "fsspec option for remote input/output, e.g. endpoint_url=http://... (also --storage-option)")})
+    address: str | None = field(default=None, metadata={"help": (
+        "Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")})
+    progress: bool = field(default=True, metadata={"help": "show the progress bar"})
 
     def __post_init__(self) -> None:
         self.input = [self.input] if isinstance(self.input, str) else list(self.input or [])
@@ -83,9 +145,15 @@ class TokenizeConfig:
             problems.append(f"--image-policy must be one of {MODES}")
         if (self.tile_size is None) != (self.overlap is None) and self.tile_size is None:
             problems.append("--overlap needs --tile-size")
-        unknown = sorted(set(self.variants) - set(VARIANTS) - {"orig"})
-        if unknown:
-            problems.append(f"unknown --variants {unknown}; known: {list(VARIANTS)}")
+        try:
+            _, crops = parse_variants(self.variants)
+        except ValueError as e:
+            problems.append(f"--variants: {e}")
+            crops = 0
+        if crops and self.resolved_policy() != "center-crop":
+            problems.append("--variants crop:K is VAR's training transform: it needs --image-policy center-crop")
+        if crops and self.gpu_decode:
+            problems.append("--variants crop:K crops with Pillow's LANCZOS: decode on the CPU (no --gpu-decode)")
         if self.precision not in ("fp32", "bf16"):
             problems.append("--precision must be fp32 or bf16")
         if isinstance(self.batch_size, str) and not self.auto_batch:
@@ -94,8 +162,16 @@ class TokenizeConfig:
             problems.append(f"--batch-size must be a whole number or 'auto', got {self.batch_size!r}")
         elif not self.auto_batch and self.batch_size < 1:
             problems.append("--batch-size must be >= 1")
-        if self.max_batch_size < 1 or self.max_shard_retries < 0 or (self.num_actors is not None and self.num_actors < 1):
-            problems.append("--max-batch-size and --num-actors must be >= 1, --max-shard-retries >= 0")
+        if self.max_batch_size < 1:
+            problems.append(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+        if self.num_actors is not None and self.num_actors < 1:
+            problems.append(f"--num-actors must be >= 1, got {self.num_actors}")
+        if self.images_per_shard < 1:
+            problems.append(f"--images-per-shard must be >= 1, got {self.images_per_shard}")
+        if not 0 <= self.audit_fraction <= 1:
+            problems.append(f"--audit-fraction must lie in [0, 1], got {self.audit_fraction}")
+        if self.max_shard_retries < 0:
+            problems.append(f"--max-shard-retries must be >= 0, got {self.max_shard_retries}")
         if self.gpu_decode and self.jpeg_draft:
             problems.append("--gpu-decode and --jpeg-draft exclude each other (draft is a CPU decode option)")
         if self.gpu_decode and self.gpus_per_actor is not None and self.gpus_per_actor <= 0:
@@ -144,7 +220,7 @@ class JobSpec:
     patch_nums: tuple[int, ...]
     tile_size: int | None
     overlap: int | None
-    variants: tuple[str, ...]
+    variants: tuple[str, ...]     # as asked: "hflip", "vflip", "crop:K" (sinks.schema.parse_variants)
     max_image_pixels: int
     max_member_bytes: int
     batch_size: int               # the actor's batch; with auto_batch, each actor replaces it by its probe's
@@ -162,6 +238,21 @@ class JobSpec:
     tokenizer_fingerprint: str = ""
     vocab_size: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0                 # of the crop:K variants' boxes
+    # How attempts run and commit (none of it decides the tokens):
+    max_shard_retries: int = 3        # an attempt knows whether it is the last (transient failures)
+    run_id: str = ""                  # names this run's temp and attempt files (clean-up of its own)
+    allow_unconditional_commit: bool = False
+    # Storage options as they travel through Ray: `storage_options` is emptied and the options
+    # ride in Ray's object store (pipeline/secrets.py); `with_live_options` restores them.
+    storage_secret: SecretOptions | None = None
+    # The input's layout (sources/inputs.py): class names (folder classes or a ClassLabel's
+    # names; they decide the labels, so they are part of the token settings) and, for Parquet
+    # inputs, where images, labels and keys are.
+    class_names: tuple[str, ...] | None = None
+    parquet_columns: dict[str, Any] | None = None
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD
+    audit_fraction: float = 0.0
 
     def token_settings(self) -> dict[str, Any]:
         """The part of the job that decides the tokens (and so the data files' bytes)."""
@@ -181,7 +272,19 @@ class JobSpec:
             # Only when on, so that jobs without it keep the fingerprint they always had.
             **({"jpeg_draft": True} if self.jpeg_draft else {}),
             **({"gpu_decode": True} if self.gpu_decode else {}),
+            **({"seed": self.seed} if self.crops else {}),
+            **({"class_names": list(self.class_names)} if self.class_names else {}),
+            **({"parquet_columns": self.parquet_columns} if self.parquet_columns else {}),
         }
+
+    @property
+    def flips(self) -> tuple[str, ...]:
+        return parse_variants(self.variants)[0]
+
+    @property
+    def crops(self) -> int:
+        """K of --variants crop:K (0: none)."""
+        return parse_variants(self.variants)[1]
 
     def compute_fingerprint(self, tokenizer_fingerprint: str) -> str:
         blob = json.dumps({"tokenizer": tokenizer_fingerprint, "settings": self.token_settings()},
@@ -190,3 +293,13 @@ class JobSpec:
 
     def replace(self, **changes: Any) -> "JobSpec":
         return dataclasses.replace(self, **changes)
+
+    def for_ray(self) -> "JobSpec":
+        """This spec as it may be handed to Ray: no storage option in clear."""
+        return self.replace(storage_options={}, storage_secret=SecretOptions.put(self.storage_options))
+
+    def with_live_options(self) -> "JobSpec":
+        """In an actor: the spec with its storage options back from the object store."""
+        if self.storage_secret is None:
+            return self
+        return self.replace(storage_options=self.storage_secret.resolve(), storage_secret=None)

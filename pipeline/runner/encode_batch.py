@@ -1,9 +1,10 @@
 """A batch of decoded samples -> token rows, in the batch's order.
 
 Images of one size are encoded together (center-crop/resize give one size; native mode buckets
-by size). Each augmentation variant is encoded as its own batch with the same composition as the
-original, so the original's tokens never depend on which variants were asked for. A batch the
-tokenizer rejects is retried image by image so one bad image cannot fail its neighbours.
+by size). Each augmentation variant (a flip, a random crop, a flipped crop) is encoded as its own
+batch with the same composition as the original, so the original's tokens never depend on which
+variants were asked for. A batch the tokenizer rejects is retried image by image so one bad
+image cannot fail its neighbours.
 
 Continuous tokenizers (ViTok) give float latents instead of codes: each image's own latent grid
 (NaFlex grids differ per image) is stored cast to the job's latent dtype; see sinks/schema.py.
@@ -11,14 +12,16 @@ Continuous tokenizers (ViTok) give float latents instead of codes: each image's 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from pipeline.sinks.schema import ORIGINAL_VARIANT, TokenRow, value_dtype
+from pipeline.runner.config import JobSpec
+from pipeline.sinks.schema import ORIGINAL_VARIANT, TokenRow, value_dtype, variant_names
 from pipeline.sources.decode import DecodedSample
 from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer
+from pipeline.transient import OUT_OF_MEMORY_STATUS, TransientError, is_out_of_memory, release_cached_memory
 
 VARIANT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     ORIGINAL_VARIANT: lambda x: x,
@@ -82,47 +85,61 @@ def latent_rows(out: MultiScaleTokens, dtype: str) -> list[Encoded]:
     return encoded
 
 
-def encode_variant(tok: Tokenizer, x: torch.Tensor, spec: Any) -> list[Encoded | Exception]:
+def encode_variant(tok: Tokenizer, x: torch.Tensor, spec: JobSpec,
+                   final_attempt: bool = True) -> list[Encoded | Exception]:
+    """The batch at once, else image by image so one bad image cannot fail its neighbours. An
+    image that runs out of memory on its own fails the attempt (TransientError, retried) unless
+    this is the shard's last attempt: memory says nothing about the image (pipeline/transient.py)."""
     dtype = latent_dtype_of(spec)
     try:
         return list(encode_group(tok, x, spec.patch_nums, spec.tile_size, spec.overlap, dtype))
-    except Exception:
-        if x.shape[0] == 1:
+    except Exception as e:
+        if is_out_of_memory(e):
+            release_cached_memory()
+        elif x.shape[0] == 1:
             raise
     results: list[Encoded | Exception] = []
     for i in range(x.shape[0]):
         try:
             results.extend(encode_group(tok, x[i:i + 1], spec.patch_nums, spec.tile_size, spec.overlap, dtype))
         except Exception as e:
+            if is_out_of_memory(e):
+                release_cached_memory()
+                if not final_attempt:
+                    raise TransientError(f"out of memory encoding one image: {e}") from e
             results.append(e)
     return results
 
 
-def latent_dtype_of(spec: Any) -> str:
+def latent_dtype_of(spec: JobSpec) -> str:
     """The job's storage dtype for latents (recorded in its metadata by plan_job)."""
-    return str((getattr(spec, "metadata", None) or {}).get("latent_dtype") or "float16")
+    return str(spec.metadata.get("latent_dtype") or "float16")
 
 
-def encode_batch(tok: Tokenizer, spec: Any, items: Sequence[tuple[DecodedSample, torch.Tensor | None]],
-                 shard: str, histogram: np.ndarray | None = None) -> list[TokenRow]:
-    """items: (decoded sample, preprocessed (1, 3, H, W) tensor or None) in tar order."""
-    variants = [ORIGINAL_VARIANT, *spec.variants]
+def encode_batch(tok: Tokenizer, spec: JobSpec, items: Sequence[tuple[DecodedSample, torch.Tensor | None]],
+                 shard: str, histogram: np.ndarray | None = None, final_attempt: bool = True) -> list[TokenRow]:
+    """items: (decoded sample, preprocessed (V, 3, H, W) tensor or None) in tar order; V = 1 + K
+    views with --variants crop:K (crop_views.preprocess_views), else 1.
+    `final_attempt`: see encode_variant (False: out of memory raises TransientError)."""
+    variants = variant_names(spec.flips, spec.crops)  # (view, flip, row name); view 0 = the policy's image
     encoded: dict[int, dict[str, Encoded | Exception]] = {}
     by_size: dict[tuple[int, int], list[int]] = {}
     for pos, (sample, x) in enumerate(items):
         if sample.ok and x is not None:
             by_size.setdefault(tuple(x.shape[-2:]), []).append(pos)
     for positions in by_size.values():
-        x = torch.cat([items[p][1] for p in positions])
-        for variant in variants:
+        for view, flip, variant in variants:
+            x = torch.cat([items[p][1][view:view + 1] for p in positions])
             try:
-                results = encode_variant(tok, VARIANT_TRANSFORMS[variant](x), spec)
+                results = encode_variant(tok, VARIANT_TRANSFORMS[flip or ORIGINAL_VARIANT](x), spec, final_attempt)
+            except TransientError:
+                raise
             except Exception as e:
                 results = [e]
             for p, r in zip(positions, results):
                 encoded.setdefault(p, {})[variant] = r
 
-    dtype = value_dtype(tok.vocab_size, getattr(spec, "metadata", None)).to_pandas_dtype()
+    dtype = value_dtype(tok.vocab_size, spec.metadata).to_pandas_dtype()
     count_codes = histogram is not None and histogram.size > 0 and not tok.continuous
     rows: list[TokenRow] = []
     for pos, (sample, _) in enumerate(items):
@@ -133,11 +150,13 @@ def encode_batch(tok: Tokenizer, spec: Any, items: Sequence[tuple[DecodedSample,
             rows.append(TokenRow(status=sample.status if not sample.ok else "encode_error",
                                  error=sample.error or "not encoded", **base))
             continue
-        for variant in variants:
+        for view, _, variant in variants:
             result = per_variant[variant]
+            box = sample.crop_boxes[view] if sample.crop_boxes else None
             if isinstance(result, Exception):
-                rows.append(TokenRow(status="encode_error", error=f"{type(result).__name__}: {result}",
-                                     variant=variant, **base))
+                status = OUT_OF_MEMORY_STATUS if is_out_of_memory(result) else "encode_error"
+                rows.append(TokenRow(status=status, error=f"{type(result).__name__}: {result}",
+                                     variant=variant, crop_box=box, **base))
                 if variant == ORIGINAL_VARIANT:
                     break  # no variant rows for a sample whose original failed
                 continue
@@ -145,5 +164,5 @@ def encode_batch(tok: Tokenizer, spec: Any, items: Sequence[tuple[DecodedSample,
                 histogram += np.bincount(result.tokens, minlength=histogram.size)[: histogram.size]
             rows.append(TokenRow(tokens=result.tokens.astype(dtype), scale_shapes=result.scale_shapes,
                                  height_padded=result.padded[0], width_padded=result.padded[1],
-                                 variant=variant, **base))
+                                 variant=variant, crop_box=box, **base))
     return rows

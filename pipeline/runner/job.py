@@ -1,79 +1,51 @@
-"""The tokenize job on the driver: plan shards, guard the output, skip committed shards, run the
-actor pool, write OUT/_stats.json, print the summary. Exit code 0 only when every shard committed.
+"""The tokenize job on the driver: check inputs and output, plan shards, claim the output, skip
+committed shards, repair half-published ones, run the actor pool, clean up this run's leftovers,
+write OUT/_stats.json, print the summary. Exit code 0 only when every shard is committed.
+
+Order matters for the operator: nothing is written and Ray is not started before every input
+exists and the output is writable (runner/preflight.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+import uuid
+from typing import Any, Callable
 
-from pipeline.config import save_config
+from pipeline.ray_connect import init_ray
 from pipeline.runner.build import plan_job
 from pipeline.runner.config import JobSpec, TokenizeConfig
+from pipeline.runner.output import (CLASSES_RECORD, OutputConflict, claim_output, record_run_config,  # noqa: F401
+                                    record_stats, write_if_changed)
+from pipeline.runner.preflight import check_inputs, check_output
 from pipeline.runner.progress import ImageCounter, ProgressBar, format_summary
 from pipeline.runner.scheduler import ScheduleOutcome, ShardScheduler
 from pipeline.runner.stats import build_stats
-from pipeline.sinks.manifest import read_all_manifests
+from pipeline.secrets import redact_url
+from pipeline.sinks.manifest import clean_attempts, iter_manifests, plan_resume, repair_unpublished
 from pipeline.sinks.writer import OutputLayout
-from pipeline.sources.listing import expand_shards
+from pipeline.sources.inputs import plan_inputs
 
 PROGRESS_POLL_S = 0.5  # how often the driver asks the image counter (not once per shard)
-# Manifests are json.dumps(indent=1, sort_keys=True): a top-level key sits after a newline and one space.
-TOP_LEVEL_FINGERPRINT = b'\n "fingerprint": "'
-
-
-class OutputConflict(RuntimeError):
-    """The output directory holds tokens of a different tokenizer/config."""
 
 
 def log(message: str) -> None:
     print(f"[scaletok tokenize] {message}", flush=True)
 
 
-def prepare_output(layout: OutputLayout, spec: JobSpec, cfg: TokenizeConfig) -> None:
-    """Refuse to mix two jobs' tokens in one directory unless --overwrite (which clears it)."""
-    job_path = layout.join("_job.json")
-    previous = json.loads(layout.read_bytes(job_path)) if layout.exists(job_path) else None
-    foreign = previous is not None and previous.get("fingerprint") != spec.fingerprint
-    if not foreign and previous is None:
-        foreign = any(fp != spec.fingerprint for fp in manifest_fingerprints(layout).values())
-    if foreign and not cfg.overwrite:
-        old = (previous or {}).get("settings", {})
-        diff = sorted(k for k in set(old) | set(spec.token_settings())
-                      if old.get(k) != spec.token_settings().get(k)) if old else []
-        raise OutputConflict(
-            f"{layout.url} already holds tokens from a different tokenizer/config "
-            f"(fingerprint {(previous or {}).get('fingerprint', '?')} vs {spec.fingerprint} for this job"
-            + (f"; differing settings: {', '.join(diff)}" if diff else "")
-            + "). Use another --output, or pass --overwrite to delete them and start over.")
-    if cfg.overwrite:
-        for path in (layout.tokens_dir, layout.manifest_dir, layout.tmp_dir):
-            layout.remove(path, recursive=True)
-        for name in ("_job.json", "_stats.json"):
-            layout.remove(layout.join(name))
-    layout.makedirs()
-    record = {"fingerprint": spec.fingerprint, "tokenizer_fingerprint": spec.tokenizer_fingerprint,
-              "tokenizer": spec.tokenizer, "settings": spec.token_settings()}
-    layout.put(job_path, json.dumps(record, indent=1, sort_keys=True, default=str).encode())
-    if layout.is_local:
-        save_config(cfg, layout.join("config.yaml"))
-    else:
-        save_config(cfg, layout.join("config.yaml"), fs=layout.fs)
-
-
 def connect_ray(address: str | None) -> bool:
-    """Join `address` (or RAY_ADDRESS), reuse an initialised Ray, or start a local one.
-    Returns True when this call started the connection (and so should shut it down)."""
-    import ray
+    """Join `address` (or RAY_ADDRESS), reuse an initialised Ray, or start a local one (never an
+    existing Ray of this machine that nobody named). True when this call connected."""
+    return init_ray(address, logging_level="WARNING")
 
-    if ray.is_initialized():
-        return False
-    ray.init(address=address or None, logging_level="WARNING")
-    return True
+
+def prepare_output(layout: OutputLayout, spec: JobSpec, cfg: TokenizeConfig, shard_names: list[str] | None = None) -> None:
+    """Claim the output for this job (refusing another job's unless --overwrite) and record the
+    run's config and inputs."""
+    claim_output(layout, spec, cfg.overwrite)
+    record_run_config(layout, cfg, list(shard_names or []))
 
 
 def pool_size(cfg: TokenizeConfig, num_shards: int) -> tuple[int, float]:
@@ -99,90 +71,46 @@ def pool_size(cfg: TokenizeConfig, num_shards: int) -> tuple[int, float]:
     return max(1, min(n, num_shards)), gpus
 
 
-def manifest_fingerprints(layout: OutputLayout, names: Iterable[str] | None = None) -> dict[str, str | None]:
-    """shard name -> the job fingerprint in its manifest (None: unreadable), for every manifest in
-    the output, or only those of `names`. One listing of the manifest directory, then only the
-    fingerprint of each manifest (its codebook histogram is most of its bytes) read concurrently:
-    planning a resume over 100 000 committed shards takes seconds, not minutes."""
-    paths = layout.list_dir(layout.manifest_dir, ".json")
-    by_name = {p.rstrip("/").rsplit("/", 1)[-1][: -len(".json")]: p for p in paths}
-    if names is not None:
-        wanted = set(names)
-        by_name = {n: p for n, p in by_name.items() if n in wanted}
-    if not by_name:
-        return {}
-    if layout.is_local:
-        # Chunks of paths per task: a future per file would cost more than reading it.
-        paths = list(by_name.values())
-        chunks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
-        with ThreadPoolExecutor(min(8, len(chunks), 2 * (os.cpu_count() or 1))) as pool:
-            read = [fp for chunk in pool.map(_local_fingerprints, chunks) for fp in chunk]
-        found = dict(zip(by_name, read))
-    else:
-        contents = layout.fs.cat(list(by_name.values()), on_error="return")
-        found = {n: _fingerprint_of(contents.get(p)) for n, p in by_name.items()}
-    return found
-
-
-def _local_fingerprints(paths: list[str]) -> list[str | None]:
-    out = []
-    for path in paths:
-        try:  # os-level reads: half the cost of open().read() for small files
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                parts = [os.read(fd, 1 << 16)]
-                while len(parts[-1]) == 1 << 16:
-                    parts.append(os.read(fd, 1 << 16))
-            finally:
-                os.close(fd)
-            out.append(_fingerprint_of(b"".join(parts) if len(parts) > 1 else parts[0]))
-        except OSError:
-            out.append(None)
-    return out
-
-
-def _fingerprint_of(raw: Any) -> str | None:
-    if not isinstance(raw, (bytes, bytearray)):
-        return None  # a read error returned by fs.cat
-    at = raw.find(TOP_LEVEL_FINGERPRINT)
-    if at >= 0 and raw[-64:].rstrip().endswith(b"\n}"):  # whole: the top-level object's own closing brace
-        start = at + len(TOP_LEVEL_FINGERPRINT)
-        end = raw.find(b'"', start)
-        if end > start:
-            return raw[start:end].decode("ascii", errors="replace")
-    try:  # written some other way: parse it all
-        value = json.loads(raw).get("fingerprint")
-        return value if isinstance(value, str) else None
-    except (ValueError, AttributeError):
-        return None
-
-
-def plan_resume(layout: OutputLayout, shards: list, fingerprint: str) -> list:
-    """The shards still to do: a shard is done iff its manifest exists with the job's fingerprint."""
-    done = manifest_fingerprints(layout, [s.name for s in shards])
-    return [s for s in shards if done.get(s.name) != fingerprint]
-
-
 def run_tokenize(cfg: TokenizeConfig, on_scheduler: Callable[[ShardScheduler], None] | None = None) -> int:
     start = time.perf_counter()
-    shards = expand_shards(cfg.input, cfg.storage_options)
-    spec, _ = plan_job(cfg)
-    layout = OutputLayout(cfg.output, cfg.storage_options)
-    prepare_output(layout, spec, cfg)
-    todo = plan_resume(layout, shards, spec.fingerprint)
-    log(f"{len(shards)} shards, {len(shards) - len(todo)} already committed, {len(todo)} to do; "
-        f"tokenizer {spec.tokenizer} fingerprint {spec.fingerprint}; output {cfg.output}")
+    cfg.validate()
+    inputs = plan_inputs(cfg.input, cfg.storage_options, images_per_shard=cfg.images_per_shard,
+                         image_column=cfg.image_column, label_column=cfg.label_column, key_column=cfg.key_column)
+    shards = inputs.shards
+    if inputs.layout != "folder":  # a folder's listing already proves its files exist
+        check_inputs(shards, cfg.storage_options)
+    log(f"input: {inputs.describe()}")
+    spec, _ = plan_job(cfg, inputs)
+    spec = spec.replace(run_id=new_run_id())
+    layout = OutputLayout(cfg.output, cfg.storage_options, run_id=spec.run_id,
+                          allow_unconditional=cfg.allow_unconditional_commit)
+    check_output(layout, cfg.storage_options, cfg.allow_unconditional_commit)
+    prepare_output(layout, spec, cfg, [s.name for s in shards])
+    if spec.class_names:
+        write_if_changed(layout, CLASSES_RECORD, json.dumps({"classes": list(spec.class_names)}, indent=0).encode())
+    plan = plan_resume(layout, shards, spec.fingerprint)
+    repaired, lost = repair_unpublished(layout, plan.unpublished) if plan.unpublished else ([], [])
+    log(f"{len(shards)} shards: {plan.done + len(repaired)} already committed, {len(plan.todo)} to do"
+        + (f", {len(repaired)} committed earlier and published now" if repaired else "")
+        + f"; tokenizer {spec.tokenizer} (tokenizer fingerprint {spec.tokenizer_fingerprint}), "
+          f"job fingerprint {spec.fingerprint}; output {redact_url(cfg.output)}")
     outcome = ScheduleOutcome()
-    if todo:
-        outcome = _run_pool(cfg, spec, todo, on_scheduler)
-    layout.clean_tmp()
-    manifests = read_all_manifests(layout)
-    stats = build_stats(shards, manifests, spec.fingerprint, outcome, time.perf_counter() - start,
-                        skipped=len(shards) - len(todo))
-    layout.put(layout.join("_stats.json"), json.dumps(stats, indent=1, sort_keys=True).encode())
+    if plan.todo:
+        outcome = _run_pool(cfg, spec, plan.todo, on_scheduler)
+    for name in lost:
+        outcome.failed[name] = (f"committed, but neither tokens/{name}.parquet nor the attempt file its manifest "
+                                f"names exists any more; delete _manifest/{name}.json and rerun to redo the shard")
+    cleaned = clean_attempts(layout, spec.fingerprint) + layout.clean_tmp()
+    stats = build_stats(shards, iter_manifests(layout), spec.fingerprint, outcome,
+                        time.perf_counter() - start, skipped=plan.done, repaired=len(repaired), cleaned=cleaned)
+    stats = record_stats(layout, stats)
     print(format_summary(stats), flush=True)
-    missing = stats["failed_shards"] or stats["missing_shards"]
-    return 1 if missing else 0
+    return 1 if stats["failed_shards"] or stats["missing_shards"] else 0
+
+
+def new_run_id() -> str:
+    """Names this run's temp and attempt files: time-ordered, unique across concurrent jobs."""
+    return f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}{uuid.uuid4().hex[:6]}"
 
 
 def _run_pool(cfg: TokenizeConfig, spec: JobSpec, todo: list, on_scheduler) -> ScheduleOutcome:
@@ -205,11 +133,12 @@ def _run_pool(cfg: TokenizeConfig, spec: JobSpec, todo: list, on_scheduler) -> S
             bar.update(done - seen["done"], images=seen["images"], failed=failed)
             seen["done"] = done
 
-        scheduler = ShardScheduler(spec, todo, num_actors=num_actors, gpus_per_actor=gpus,
+        # The actors get the storage options through Ray's object store, never in their arguments.
+        scheduler = ShardScheduler(spec.for_ray(), todo, num_actors=num_actors, gpus_per_actor=gpus,
                                    cpus_per_actor=cfg.cpus_per_actor, max_retries=cfg.max_shard_retries,
                                    reporter=counter, on_progress=on_progress, startup_wait_s=cfg.startup_wait_s,
                                    actor_start_timeout_s=cfg.actor_start_timeout_s,
-                                   shards_per_actor=cfg.shards_per_actor)
+                                   shards_per_actor=cfg.shards_per_actor, shard_timeout_s=cfg.shard_timeout_s)
         if on_scheduler is not None:
             on_scheduler(scheduler)
         try:

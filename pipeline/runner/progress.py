@@ -45,6 +45,26 @@ class ProgressBar:
         self.bar.close()
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def actor_work(actor: dict[str, Any]) -> str:
+    """What one actor did: the shards it committed and the share of its life it had one in flight."""
+    busy = f"{100 * actor['utilisation']:.0f}%"
+    if actor["shards"]:
+        return f"{plural(actor['shards'], 'shard')}, {plural(actor['images'], 'image')}, busy {busy}"
+    # Busy time without a committed shard was spent on attempts that failed (or were stopped).
+    return "no shard committed" + (f" (busy {busy} on attempts that failed)" if actor["utilisation"] > 0 else "")
+
+
+def never_ready_line(count: int, errors: list[str]) -> str:
+    if errors:
+        return f"{plural(count, 'actor')} never became ready: " + "; ".join(errors)
+    # No start-up error: the work ran out (or the job stopped) while the actor was still starting.
+    return f"{plural(count, 'actor')} still starting when the job ended (not needed)"
+
+
 def format_summary(stats: dict[str, Any]) -> str:
     run = stats["this_run"]
     totals = stats["totals"]
@@ -56,20 +76,29 @@ def format_summary(stats: dict[str, Any]) -> str:
         + (": " + ", ".join(f"{k} {v}" for k, v in totals["status_counts"].items() if k != "ok")
            if totals["failed"] else "") + ")",
         f"this run: {run['images']} images in {run['wall_s']:.1f} s = {run['images_per_s']:.2f} img/s, "
-        f"{run['actors']} actors, {run['shard_attempts_failed']} failed attempts, "
-        f"{run['actor_deaths']} actor deaths",
+        f"{plural(run['actors'], 'actor')}, {plural(run['shard_attempts_failed'], 'failed attempt')}, "
+        f"{plural(run['actor_deaths'], 'actor death')}",
     ]
     for actor in run.get("per_actor", []):
-        lines.append(f"  actor pid {actor['pid']} on {actor['host']} ({actor['device']}): {actor['shards']} shards, "
-                     f"{actor['images']} images, busy {100 * actor['utilisation']:.0f}%"
+        lines.append(f"  actor pid {actor['pid']} on {actor['host']} ({actor['device']}): {actor_work(actor)}"
                      + (f", {actor['batch_probe']}" if actor.get("batch_probe") else ""))
     if run.get("actors_never_ready"):
-        lines.append(f"  {run['actors_never_ready']} actors never became ready "
-                     + "; ".join(run.get("actor_startup_errors") or []))
+        lines.append("  " + never_ready_line(run["actors_never_ready"], run.get("actor_startup_errors") or []))
     cb = stats.get("codebook")
     if cb:
         lines.append(f"codebook: {cb['used_codes']}/{cb['vocab_size']} codes used "
                      f"({100 * cb['usage']:.1f}%), perplexity {cb['perplexity']:.1f}")
+    audit = stats.get("audit")
+    if audit:
+        final = audit["per_scale"].get(str(audit["scales"]))
+        lines.append(f"reconstruction audit: {plural(audit['rows'], 'row')} decoded"
+                     + (f"; after all {audit['scales']} scales PSNR {final['psnr_mean']:.2f} dB (p10 "
+                        f"{final['psnr_p10']:.2f}), SSIM {final['ssim_mean']:.3f}" if final else ""))
+    for name in run.get("shards_committed_by_other_bytes") or []:
+        lines.append(f"  {name}: another attempt had committed other bytes first (non-reproducible encoding); "
+                     f"its version stands")
+    if run.get("shards_repaired"):
+        lines.append(f"  {plural(run['shards_repaired'], 'shard')} committed earlier published now")
     for name, error in stats["failed_shards"].items():
         lines.append(f"FAILED shard {name}: {error}")
     return "\n".join(lines)

@@ -5,10 +5,12 @@ next shard from the queue (no static assignment, so a slow node only slows its o
 one (see shard_task.py), so neither the round trip to the driver nor a shard's start-up and
 write leave the encoder idle.
 
-Failures: a shard whose attempt fails (unreadable URL, actor killed mid-shard, node lost) goes
-back to the front of the queue until it has failed `max_retries + 1` times, then it is reported.
-A dead actor is replaced by a fresh one. Re-running a shard is safe because of the commit
-protocol (sinks/manifest.py): every attempt writes the same bytes and only one manifest wins.
+Failures: a shard whose attempt fails (unreadable URL, actor killed mid-shard, node lost, out of
+memory, or still running after `shard_timeout_s`) goes back to the front of the queue until it
+has failed `max_retries + 1` times, then it is reported. A dead (or overdue) actor is replaced by
+a fresh one. Re-running a shard is safe whatever bytes each attempt encodes, and even when a
+"dead" actor is still writing: only the attempt that creates the manifest is ever published
+(sinks/manifest.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from pipeline.runner.actor import make_actor_class
 from pipeline.runner.config import JobSpec
 from pipeline.runner.shard_task import ShardResult
+from pipeline.sinks.manifest import COMMITTED_OTHER
 from pipeline.sources.listing import Shard
 
 POLL_S = 0.5
@@ -72,6 +75,10 @@ class ScheduleOutcome:
     startup_errors: list[str] = field(default_factory=list)
     first_dispatch_at: float | None = None   # perf_counter() of the first shard handed out
     last_result_at: float | None = None      # ... and of the last result received
+    timeouts: int = 0                        # attempts stopped by --shard-timeout-s
+    # Shards whose attempt found the shard already committed by another attempt with other bytes
+    # (non-reproducible encoding: bf16, another GPU type): done, the first committed encoding holds.
+    committed_by_other_bytes: list[str] = field(default_factory=list)
 
 
 class ShardScheduler:
@@ -79,7 +86,8 @@ class ShardScheduler:
                  cpus_per_actor: float, max_retries: int, reporter: Any = None,
                  on_progress: Callable[[int, int], None] | None = None,
                  runtime_env: dict[str, Any] | None = None, startup_wait_s: float = 0.0,
-                 shards_per_actor: int = 1, actor_start_timeout_s: float = 1800.0) -> None:
+                 shards_per_actor: int = 1, actor_start_timeout_s: float = 1800.0,
+                 shard_timeout_s: float = 0.0) -> None:
         self.spec = spec
         self.queue: collections.deque[Shard] = collections.deque(shards)
         self.num_actors = max(1, min(num_actors, len(shards)))
@@ -99,6 +107,7 @@ class ShardScheduler:
         self.startup_failures: list[str] = []
         self.startup_wait_s = startup_wait_s
         self.actor_start_timeout_s = actor_start_timeout_s
+        self.shard_timeout_s = float(shard_timeout_s or 0.0)
         self.started = time.perf_counter()
         self.next_waiting_note = self.started + WAITING_NOTE_S
 
@@ -145,6 +154,7 @@ class ShardScheduler:
                         self._on_ready(waiting[ref])
                     else:
                         self._on_result(ref)
+                self._stop_overdue()
                 self.on_progress(len(self.outcome.results), len(self.outcome.failed))
         finally:
             for slot in self.live_slots():
@@ -224,11 +234,38 @@ class ShardScheduler:
             self.outcome.actor_deaths += 1
             self._retire(slot, replace=True)  # after the shard is back in the queue
 
+    def _stop_overdue(self) -> None:
+        """An attempt running longer than --shard-timeout-s (a hung read, a hung actor) fails: its
+        actor is killed and replaced; the actor's other shards go back to the queue uncounted."""
+        if self.shard_timeout_s <= 0:
+            return
+        now = time.perf_counter()
+        overdue = [(ref, slot, shard) for ref, (slot, shard, started) in self.in_flight.items()
+                   if now - started > self.shard_timeout_s]
+        for ref, slot, shard in overdue:
+            if ref not in self.in_flight:
+                continue  # went back to the queue with an earlier overdue shard of the same actor
+            self.in_flight.pop(ref)
+            slot.finished_one(now)
+            self.outcome.timeouts += 1
+            self._account(slot, shard, ShardResult(
+                shard=shard.name, ok=False, error=f"attempt timed out after {self.shard_timeout_s:.0f} s "
+                                                  f"(--shard-timeout-s); its actor was replaced"))
+            for other in [r for r, (s, _, _) in self.in_flight.items() if s is slot]:
+                _, other_shard, _ = self.in_flight.pop(other)
+                slot.finished_one(now)
+                self.queue.appendleft(other_shard)
+            if not slot.dead:
+                self.outcome.actor_deaths += 1
+                self._retire(slot, replace=True)
+
     def _account(self, slot: ActorSlot, shard: Shard, result: ShardResult) -> None:
         if result.ok:
             slot.shards += 1
             slot.images += result.images_ok
             self.outcome.results[shard.name] = result
+            if result.commit == COMMITTED_OTHER:
+                self.outcome.committed_by_other_bytes.append(shard.name)
             return
         self.outcome.attempts_failed += 1
         self.attempts[shard.name] += 1

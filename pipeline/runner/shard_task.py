@@ -31,14 +31,18 @@ import torch
 
 from pipeline.runner.config import JobSpec
 from pipeline.runner.encode_batch import encode_batch
-from pipeline.sinks.manifest import build_manifest, commit_shard
-from pipeline.sinks.schema import ORIGINAL_VARIANT, build_table, token_schema
+from pipeline.runner.recon_audit import audit_batch
+from pipeline.runner.crop_views import preprocess_views
+from pipeline.sinks.manifest import CREATED, build_manifest, commit_shard, label_summary
+from pipeline.sinks.schema import ORIGINAL_VARIANT, TokenRow, build_table, token_schema
 from pipeline.sinks.writer import OutputLayout, parquet_bytes
 from pipeline.sources.decode import DecodedSample, decode_sample
 from pipeline.sources.device_decode import Decoder, to_device_tensors
 from pipeline.sources.listing import Shard
-from pipeline.sources.tar_stream import RawSample, iter_samples
+from pipeline.sources.inputs import iter_shard_samples
+from pipeline.sources.tar_stream import RawSample
 from pipeline.tokenizers.base import Tokenizer
+from pipeline.transient import OUT_OF_MEMORY_STATUS, TransientError, is_out_of_memory
 
 T = TypeVar("T")
 Prepared = tuple[DecodedSample, "torch.Tensor | None"]
@@ -50,6 +54,7 @@ class ShardResult:
     ok: bool
     error: str | None = None
     created: bool = False          # this attempt created the manifest (False: already committed)
+    commit: str = ""               # manifest.CREATED / COMMITTED_SAME / COMMITTED_OTHER (other bytes won)
     rows: int = 0
     samples: int = 0
     images_ok: int = 0
@@ -64,6 +69,7 @@ class ShardResult:
     wait_input_s: float = 0.0      # encoder held, waiting for decoded images (decode-bound)
     write_s: float = 0.0           # Parquet build + commit (encoder already released)
     device_decode_s: float = 0.0   # --gpu-decode: the batched device decode + policy (encoder held)
+    audit_s: float = 0.0           # --audit-fraction: decoding the sampled rows (encoder held)
     worker: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,23 +85,37 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def prepare_sample(tok: Tokenizer, spec: JobSpec, raw: RawSample, pin: bool = False,
-                   device_jpeg: bool = False) -> Prepared:
+                   device_jpeg: bool = False, final_attempt: bool = True) -> Prepared:
     """Thread-pool step: decode and apply the image policy; the PIL image is dropped afterwards.
     `pin`: page-lock the tensor so the encoder's host->GPU copy can be asynchronous.
-    `device_jpeg`: JPEGs the GPU can decode stay undecoded (`sample.jpeg`, no tensor yet)."""
-    draft = tok.preprocess_config if getattr(spec, "jpeg_draft", False) else None
-    sample = decode_sample(raw, spec.max_image_pixels, draft=draft, device_jpeg=device_jpeg)
+    `device_jpeg`: JPEGs the GPU can decode stay undecoded (`sample.jpeg`, no tensor yet).
+    Out of memory raises TransientError (the attempt is retried) unless `final_attempt`."""
+    draft = tok.preprocess_config if spec.jpeg_draft else None
+    try:
+        sample = decode_sample(raw, spec.max_image_pixels, draft=draft, device_jpeg=device_jpeg)
+    except TransientError as e:
+        if not final_attempt:
+            raise
+        return _out_of_memory(raw, e), None
     if not sample.ok or sample.jpeg is not None:
         return sample, None
     try:
-        x = tok.preprocess([sample.image])
+        x = preprocess_views(tok, spec, sample)
     except Exception as e:
+        if is_out_of_memory(e):
+            if not final_attempt:
+                raise TransientError(f"out of memory preprocessing {raw.key!r}: {e}") from e
+            return sample.fail(OUT_OF_MEMORY_STATUS, f"{type(e).__name__}: {e}"), None
         sample.fail("preprocess_error", f"{type(e).__name__}: {e}")
         return sample, None
     sample.image = None
-    if getattr(spec, "channels_last", False):
+    if spec.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return sample, (x.pin_memory() if pin else x)
+
+
+def _out_of_memory(raw: RawSample, error: Exception) -> DecodedSample:
+    return DecodedSample(index=raw.index, key=raw.key).fail(OUT_OF_MEMORY_STATUS, f"{type(error).__name__}: {error}")
 
 
 class DecodeStream:
@@ -192,25 +212,59 @@ def finish_on_device(batch: list[Prepared], decoder: Decoder, tok: Tokenizer, sp
     return out
 
 
+@dataclass
+class EncodedShard:
+    """A shard's rows in tar order and what encoding them took (before anything is written)."""
+
+    rows: list[TokenRow]
+    samples: int
+    histogram: np.ndarray
+    started: float                 # perf_counter() at the start of the attempt
+    read_s: float
+    decode_s: float
+    timing: dict[str, float]
+    audit: list[dict[str, Any]] = field(default_factory=list)   # reconstruction audit records
+
+
 def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLayout, *,
                   attempt: int = 0, worker: dict[str, Any] | None = None, pool: Executor | None = None,
                   report: Callable[[int], None] | None = None,
                   encoder_lock: contextlib.AbstractContextManager | None = None,
-                  device_decoder: Decoder | None = None) -> ShardResult:
-    """`encoder_lock`: shared by the shards an actor runs at once (None: this shard alone).
-    `device_decoder`: --gpu-decode's JPEG decoder (device_decode.nvjpeg_decoder), None for Pillow."""
+                  device_decoder: Decoder | None = None,
+                  on_step: Callable[[str], None] | None = None) -> ShardResult:
+    """Encode the shard, then write and commit it. `encoder_lock`: shared by the shards an actor
+    runs at once (None: this shard alone). `device_decoder`: --gpu-decode's JPEG decoder
+    (device_decode.nvjpeg_decoder), None for Pillow. `on_step`: see manifest.commit_shard."""
+    encoded = encode_shard(shard, tok, spec, attempt=attempt, pool=pool, report=report,
+                           encoder_lock=encoder_lock, device_decoder=device_decoder)
+    # The encoder is free for the actor's next shard from here on.
+    return write_and_commit(shard, encoded, spec, layout, attempt=attempt, worker=worker or {}, on_step=on_step)
+
+
+def encode_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, *, attempt: int = 0,
+                 pool: Executor | None = None, report: Callable[[int], None] | None = None,
+                 encoder_lock: contextlib.AbstractContextManager | None = None,
+                 device_decoder: Decoder | None = None) -> EncodedShard:
+    """stream -> decode (threads) -> batches -> encode, holding the encoder from the first decoded
+    batch to the last. Out of memory fails the attempt unless it is the last one (pipeline/transient.py)."""
     start = time.perf_counter()
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(spec.decode_threads)
     lock = encoder_lock if encoder_lock is not None else contextlib.nullcontext()
     device = torch.device(getattr(tok, "device", "cpu"))
     to_gpu = device.type == "cuda"
+    final = attempt >= spec.max_shard_retries
     histogram = np.zeros(tok.vocab_size, dtype=np.int64)
-    rows, samples = [], 0
-    timing = dict(encode_s=0.0, first_batch_s=0.0, wait_encoder_s=0.0, wait_input_s=0.0, device_decode_s=0.0)
+    rows: list[TokenRow] = []
+    samples = 0
+    timing = dict(encode_s=0.0, first_batch_s=0.0, wait_encoder_s=0.0, wait_input_s=0.0, device_decode_s=0.0,
+                  audit_s=0.0)
+    audits: list[dict[str, Any]] = []
     on_device = device_decoder is not None
-    stream = DecodeStream(lambda: iter_samples(shard.url, spec.storage_options, spec.max_member_bytes),
-                          lambda raw: prepare_sample(tok, spec, raw, pin=to_gpu, device_jpeg=on_device),
+    stream = DecodeStream(lambda: iter_shard_samples(shard, spec.storage_options, spec.max_member_bytes,
+                                                     spec.parquet_columns),
+                          lambda raw: prepare_sample(tok, spec, raw, pin=to_gpu, device_jpeg=on_device,
+                                                     final_attempt=final),
                           pool, 2 * spec.batch_size)
     try:
         batches = batched(stream, spec.batch_size)
@@ -227,8 +281,12 @@ def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLay
                     batch = finish_on_device(batch, device_decoder, tok, spec, device)
                     timing["device_decode_s"] += time.perf_counter() - t
                 t = time.perf_counter()
-                rows.extend(encode_batch(tok, spec, batch, shard.name, histogram))
+                batch_rows = encode_batch(tok, spec, batch, shard.name, histogram, final_attempt=final)
                 timing["encode_s"] += time.perf_counter() - t
+                t = time.perf_counter()
+                audits.extend(audit_batch(tok, spec, batch, batch_rows, shard.name))
+                timing["audit_s"] += time.perf_counter() - t
+                rows.extend(batch_rows)
                 samples += len(batch)
                 if report is not None:
                     report(sum(1 for s, _ in batch if s.ok))
@@ -239,22 +297,30 @@ def process_shard(shard: Shard, tok: Tokenizer, spec: JobSpec, layout: OutputLay
         stream.close()
         if own_pool:
             pool.shutdown(wait=False, cancel_futures=True)
-    # The encoder is free for the actor's next shard from here on.
+    return EncodedShard(rows=rows, samples=samples, histogram=histogram, started=start,
+                        read_s=stream.read_s, decode_s=stream.decode_s, timing=timing, audit=audits)
+
+
+def write_and_commit(shard: Shard, encoded: EncodedShard, spec: JobSpec, layout: OutputLayout, *,
+                     attempt: int, worker: dict[str, Any],
+                     on_step: Callable[[str], None] | None = None) -> ShardResult:
+    """Rows -> deterministic Parquet bytes -> the commit protocol (sinks/manifest.py)."""
     t_write = time.perf_counter()
-    schema = token_schema(tok.vocab_size, with_variant=bool(spec.variants), metadata=spec.metadata)
-    data = parquet_bytes(build_table(rows, schema), spec.row_group_rows)
+    schema = token_schema(spec.vocab_size, with_variant=bool(spec.variants), metadata=spec.metadata)
+    data = parquet_bytes(build_table(encoded.rows, schema), spec.row_group_rows)
+    originals = [row for row in encoded.rows if row.variant == ORIGINAL_VARIANT]
     counts: dict[str, int] = {}
-    for row in rows:
-        if row.variant == ORIGINAL_VARIANT:
-            counts[row.status] = counts.get(row.status, 0) + 1
-    duration = time.perf_counter() - start
+    for row in originals:
+        counts[row.status] = counts.get(row.status, 0) + 1
     manifest = build_manifest(
-        shard=shard.name, input_url=shard.url, data_file=f"tokens/{shard.name}.parquet", data=data,
-        rows=len(rows), status_counts=counts, samples=samples, fingerprint=spec.fingerprint,
-        tokenizer_fingerprint=spec.tokenizer_fingerprint, histogram=histogram, duration_s=duration,
-        attempt=attempt, worker=worker or {})
-    created = commit_shard(layout, shard.name, data, manifest)
-    return ShardResult(shard=shard.name, ok=True, created=created, rows=len(rows), samples=samples,
-                       images_ok=counts.get("ok", 0), status_counts=counts,
-                       duration_s=time.perf_counter() - start, read_s=stream.read_s, decode_s=stream.decode_s,
-                       write_s=time.perf_counter() - t_write, worker=worker or {}, **timing)
+        shard=shard.name, input_url=shard.display_url, data=data, rows=len(encoded.rows), status_counts=counts,
+        samples=encoded.samples, fingerprint=spec.fingerprint, tokenizer_fingerprint=spec.tokenizer_fingerprint,
+        histogram=encoded.histogram, duration_s=time.perf_counter() - encoded.started, attempt=attempt,
+        attempt_id=layout.new_attempt_id(), worker=worker,
+        labels=label_summary(row.label for row in originals if row.status == "ok"), audit=encoded.audit)
+    outcome = commit_shard(layout, shard.name, data, manifest, on_step=on_step)
+    return ShardResult(shard=shard.name, ok=True, created=outcome == CREATED, commit=outcome,
+                       rows=len(encoded.rows), samples=encoded.samples, images_ok=counts.get("ok", 0),
+                       status_counts=counts, duration_s=time.perf_counter() - encoded.started,
+                       read_s=encoded.read_s, decode_s=encoded.decode_s, write_s=time.perf_counter() - t_write,
+                       worker=worker, **encoded.timing)

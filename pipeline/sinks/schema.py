@@ -15,7 +15,11 @@ One row per sample (and per augmentation variant of an ok sample, with `--varian
                         continuous tokenizers: list<halffloat> (or list<float>, see below)
   scale_shapes list<int32>  [h0, w0, h1, w1, ...] of the grids `tokens` concatenates
   meta string           the .json member's text, null when absent
-  variant string        only with --variants: "orig", "hflip", ... (every sample has one "orig" row)
+  variant string        only with --variants: "orig", "hflip", "vflip", "crop0", "crop0+hflip", ...
+                        (every sample has one "orig" row; see `variant_names` for the row order)
+  crop_box list<int32>  only with --variants crop:K: [left, top, right, bottom] of the row's crop in
+                        the image resized to shorter side round(resize_ratio * size) (the "orig"
+                        row: the centre crop; "cropI": random crop I); a flip applies after the crop
 Failed rows have empty `tokens` and `scale_shapes`.
 
 Continuous tokenizers (ViTok's NaFlex latents) use the same columns, so every reader finds an
@@ -44,6 +48,8 @@ SCHEMA_VERSION = "1"
 UINT16_VOCAB_LIMIT = 65536
 METADATA_PREFIX = "scaletok."
 ORIGINAL_VARIANT = "orig"
+FLIP_VARIANTS = ("hflip", "vflip")
+CROP_VARIANT = "crop"      # `crop:K` in --variants; its rows are named crop0 .. crop{K-1}
 LATENT_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 
@@ -62,6 +68,44 @@ class TokenRow:
     scale_shapes: list[int] = field(default_factory=list)
     meta: str | None = None
     variant: str = ORIGINAL_VARIANT
+    crop_box: tuple[int, int, int, int] | None = None
+
+
+def parse_variants(requested: Sequence[str]) -> tuple[tuple[str, ...], int]:
+    """--variants entries -> (flips in the order asked, number of random crops K of `crop:K`).
+    Raises ValueError on anything else."""
+    flips: list[str] = []
+    crops = 0
+    for item in requested:
+        if item == ORIGINAL_VARIANT:
+            continue
+        if item in FLIP_VARIANTS:
+            flips += [item] if item not in flips else []
+        elif item.startswith(CROP_VARIANT + ":") and item[len(CROP_VARIANT) + 1:].isdigit():
+            if crops:
+                raise ValueError(f"give crop:K once, got {list(requested)}")
+            crops = int(item[len(CROP_VARIANT) + 1:])
+            if crops < 1:
+                raise ValueError(f"crop:K needs K >= 1, got {item!r}")
+        else:
+            raise ValueError(f"unknown variant {item!r}; known: {', '.join(FLIP_VARIANTS)}, {CROP_VARIANT}:K")
+    return tuple(flips), crops
+
+
+def variant_names(flips: Sequence[str], crops: int) -> list[tuple[int, str | None, str]]:
+    """The rows an ok sample gets, in row order, as (view, flip, name): view 0 is the policy's image
+    ("orig"), view i >= 1 the random crop i-1 ("crop{i-1}"); each view is followed by its flips."""
+    out = []
+    for view in range(1 + crops):
+        base = ORIGINAL_VARIANT if view == 0 else f"{CROP_VARIANT}{view - 1}"
+        out.append((view, None, base))
+        out += [(view, flip, flip if view == 0 else f"{base}+{flip}") for flip in flips]
+    return out
+
+
+def is_crop_variant(name: str | None) -> bool:
+    """A row of a random crop (flipped or not), as opposed to the policy's own image."""
+    return bool(name) and name.startswith(CROP_VARIANT) and name[len(CROP_VARIANT):len(CROP_VARIANT) + 1].isdigit()
 
 
 def token_dtype(vocab_size: int) -> pa.DataType:
@@ -100,6 +144,8 @@ def token_schema(vocab_size: int, with_variant: bool = False, metadata: dict[str
     ]
     if with_variant:
         fields.append(pa.field("variant", pa.string(), nullable=False))
+    if any(is_crop_variant(v) for v in (metadata or {}).get("variants") or ()):
+        fields.append(pa.field("crop_box", pa.list_(pa.int32())))  # the file's variants say it has crops
     return pa.schema(fields, metadata=encode_metadata(metadata or {}))
 
 
@@ -122,22 +168,46 @@ def build_table(rows: Sequence[TokenRow], schema: pa.Schema) -> pa.Table:
     """Rows in the order given (the tar order) -> an Arrow table with `schema`."""
     tok_type = schema.field("tokens").type.value_type
     columns: dict[str, pa.Array] = {
-        "key": pa.array([r.key for r in rows], pa.string()),
-        "shard": pa.array([r.shard for r in rows], pa.string()),
+        "key": _text([r.key for r in rows]),
+        "shard": _text([r.shard for r in rows]),
         "label": pa.array([r.label for r in rows], pa.int32()),
-        "status": pa.array([r.status for r in rows], pa.string()),
-        "error": pa.array([r.error for r in rows], pa.string()),
+        "status": _text([r.status for r in rows]),
+        "error": _text([r.error for r in rows]),
         "height": pa.array([r.height for r in rows], pa.int32()),
         "width": pa.array([r.width for r in rows], pa.int32()),
         "height_padded": pa.array([r.height_padded for r in rows], pa.int32()),
         "width_padded": pa.array([r.width_padded for r in rows], pa.int32()),
         "tokens": _list_array([r.tokens if r.tokens is not None else np.zeros(0) for r in rows], tok_type),
         "scale_shapes": _list_array([np.asarray(r.scale_shapes) for r in rows], pa.int32()),
-        "meta": pa.array([r.meta for r in rows], pa.string()),
+        "meta": _text([r.meta for r in rows]),
     }
     if "variant" in schema.names:
         columns["variant"] = pa.array([r.variant for r in rows], pa.string())
+    if "crop_box" in schema.names:
+        columns["crop_box"] = pa.array([list(r.crop_box) if r.crop_box is not None else None for r in rows],
+                                       pa.list_(pa.int32()))
     return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _text(values: list[str | None]) -> pa.Array:
+    """A string column. Text that is not valid Unicode (surrogate escapes of undecodable bytes, e.g.
+    a non-UTF-8 member name inside an error message) is stored with those bytes as `\\xNN`, so
+    one odd name never costs its shard. Keys arrive escaped losslessly already (tar_stream.escape_name)."""
+    try:
+        return pa.array(values, pa.string())
+    except (UnicodeEncodeError, pa.ArrowException):
+        return pa.array([None if v is None else safe_text(v) for v in values], pa.string())
+
+
+def safe_text(text: str) -> str:
+    try:
+        return text.encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 def _list_array(values: Sequence[np.ndarray], value_type: pa.DataType) -> pa.Array:

@@ -6,10 +6,10 @@ Runs in a thread pool (Pillow releases the GIL while decoding). Statuses a sampl
   too_large       the image's declared size exceeds the pixel limit (decompression bomb), or the
                   member was larger than the member byte limit and was not read
   decode_error    the image member is not a decodable image
-  bad_label       the .cls member is not an integer
+  bad_label       the .cls member is not an integer, or does not fit int32
 and whatever the tar reader already set (duplicate_key, truncated_tar, corrupt_tar).
 CMYK, 16-bit, greyscale, palette and alpha images are converted to RGB and EXIF orientation is
-applied by `pipeline.tokenizers.preprocess.to_rgb`; `height`/`width` are of the upright image.
+applied by `pipeline.images.to_rgb`; `height`/`width` are of the upright image.
 
 JPEG draft (optional, `--jpeg-draft`): libjpeg can decode at 1/2, 1/4 or 1/8 scale straight from
 the DCT coefficients, several times faster than a full decode followed by a large downscale. Given
@@ -31,9 +31,15 @@ from PIL import Image
 
 from pipeline.sources.device_decode import DeviceJpeg, wants_device
 from pipeline.sources.tar_stream import RawSample
-from pipeline.tokenizers.preprocess import PreprocessConfig, to_rgb
+from pipeline.images import PreprocessConfig, to_rgb
+from pipeline.transient import TransientError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pnm")
+# Pillow only tries these decoders: bytes of any other format (PostScript in a `.jpg`, which
+# Pillow would hand to Ghostscript where it is installed; SVG; ...) are a decode_error.
+# (MPO, multi-picture JPEG, opens through the JPEG decoder.)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM")
+INT32_RANGE = (-(2 ** 31), 2 ** 31 - 1)
 LABEL_EXTENSION = "cls"
 META_EXTENSION = "json"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit (~ 9459 x 9459)
@@ -54,6 +60,7 @@ class DecodedSample:
     jpeg: DeviceJpeg | None = None  # instead of `image`: a JPEG left for the GPU (--gpu-decode)
     height: int | None = None
     width: int | None = None
+    crop_boxes: list[tuple[int, int, int, int]] | None = None  # per view, with --variants crop:K
 
     @property
     def ok(self) -> bool:
@@ -65,10 +72,32 @@ class DecodedSample:
 
 
 def find_image_member(sample: RawSample) -> str | None:
+    """The sample's image field: the first named by an image extension (`jpg`), else the first
+    whose every dotted part is one (`jpeg.jpg`, from `x.JPEG.jpg`). A field like `seg.png` (a
+    mask beside the image) is never the image."""
     for ext in sample.members:
-        if ext.lower() in IMAGE_EXTENSIONS:
+        if ext in IMAGE_EXTENSIONS:
+            return ext
+    for ext in sample.members:
+        if ext and all(part in IMAGE_EXTENSIONS for part in ext.split(".")):
             return ext
     return None
+
+
+def parse_label(text: str) -> int:
+    """The .cls text as a class index; ValueError unless it is an integer that fits int32."""
+    value = int(text.strip())
+    if not INT32_RANGE[0] <= value <= INT32_RANGE[1]:
+        raise ValueError(f"{value} does not fit int32")
+    return value
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS by itself while opening; raise that
+    guard so that our own limit (checked right after the header is read) is the one that holds."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and max_pixels > current:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
 def draft_request(size: tuple[int, int], policy: PreprocessConfig) -> tuple[int, int] | None:
@@ -106,22 +135,26 @@ def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS,
         return out.fail(sample.status, sample.error or sample.status)
     if label_text is not None:
         try:
-            out.label = int(label_text.strip())
+            out.label = parse_label(label_text)
         except ValueError:
-            return out.fail("bad_label", f".{LABEL_EXTENSION} member is not an integer: {label_text[:40]!r}")
+            return out.fail("bad_label", f".{LABEL_EXTENSION} member is not an integer that fits int32: "
+                                         f"{label_text[:40]!r}")
     ext = find_image_member(sample)
     if ext is None:
-        found = ", ".join("." + e if e else "(no extension)" for e in sample.members) or "nothing"
-        return out.fail("missing_image", f"no image member ({'/'.join(IMAGE_EXTENSIONS[:3])}/...); found {found}")
+        found = ", ".join("." + e for e in sample.members) or "nothing"
+        hint = ("; the key ends at the first dot of a member's name (as in webdataset), so "
+                "dots in keys split fields" if any("." in e for e in sample.members) else "")
+        return out.fail("missing_image", f"no image field ({'/'.join(IMAGE_EXTENSIONS[:3])}/...); found {found}{hint}")
     member = sample.members[ext]
     if member.data is None:
         return out.fail("too_large", f".{ext} {member.skipped}")
     if not member.data:
         return out.fail("empty_image", f".{ext} member is empty (0 bytes)")
     try:
+        allow_pixels(max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(member.data))
+            image = Image.open(io.BytesIO(member.data), formats=IMAGE_FORMATS)
             pixels = image.width * image.height
             if pixels > max_pixels:
                 return out.fail("too_large", f"{image.width}x{image.height} image has {pixels} pixels, over the "
@@ -142,6 +175,8 @@ def decode_sample(sample: RawSample, max_pixels: int = DEFAULT_MAX_PIXELS,
             rgb = to_rgb(image)
     except Image.DecompressionBombError as e:
         return out.fail("too_large", f"decompression bomb guard: {e}")
+    except MemoryError as e:  # the machine, not the image: the attempt is retried (pipeline/transient.py)
+        raise TransientError(f"out of memory decoding {sample.key!r}") from e
     except Exception as e:  # Pillow raises many types for broken files; all of them mean "bad image"
         return out.fail("decode_error", f".{ext}: {type(e).__name__}: {e}")
     out.image, (out.width, out.height) = rgb, full or rgb.size
@@ -166,8 +201,16 @@ def _orientation(image: Image.Image) -> int | None:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def _field(sample: RawSample, ext: str) -> str | None:
+    """The field named `ext`, else the only field ending in `.ext` (`jpeg.cls` from `x.JPEG.cls`)."""
+    if ext in sample.members:
+        return ext
+    dotted = [name for name in sample.members if name.endswith("." + ext)]
+    return dotted[0] if len(dotted) == 1 else None
+
+
 def _text(sample: RawSample, ext: str) -> str | None:
-    member = sample.members.get(ext)
+    member = sample.members.get(_field(sample, ext) or ext)
     if member is None or member.data is None:
         return None
     return member.data.decode("utf-8", errors="replace")

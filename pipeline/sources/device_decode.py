@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.tokenizers.preprocess import (PreprocessConfig, center_crop_box, images_to_tensor, policy_resize,
+from pipeline.images import (PreprocessConfig, center_crop_box, images_to_tensor, policy_resize,
                                            unit_to_range)
 
 DEVICE_MODES = ("RGB", "L")   # what Pillow reports for YCbCr and greyscale JPEGs

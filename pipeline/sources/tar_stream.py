@@ -12,20 +12,30 @@ the tar never ends the stream silently:
 - a key seen before in the shard (also: two members with the same name) -> a `duplicate_key`
   sample, so training never sees two rows with one key as the same image.
 
-Keys keep their dots: the extension is what follows the *last* dot of the member's basename
-(`n01440764_1.JPEG.jpg` -> key `n01440764_1.JPEG`, extension `jpg`).
+Samples are grouped exactly as the `webdataset` library groups them (`base_plus_ext`,
+`group_by_keys`): the key is the member's directory plus its basename up to the *first* dot, the
+field is everything after it, lower-cased (`a/000001.seg.png` -> key `a/000001`, field `seg.png`);
+members whose basename has no dot or starts with one, and `__*__` metadata members, belong to no
+sample. Where webdataset raises (a field twice in one sample) we start a new sample flagged
+`duplicate_key` instead.
+
+Member names that are not UTF-8 (tarfile hands them over with surrogate escapes) cannot be
+stored as Arrow strings; the key keeps a lossless escape instead (`escape_name`): every byte that
+is not part of valid UTF-8 becomes `\\xNN` and a backslash becomes `\\\\`; names without either are
+unchanged. `unescape_name` gives the original bytes back.
 """
 
 from __future__ import annotations
 
 import gzip
 import lzma
+import re
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
-from pipeline.sources.listing import filesystem_for
+from pipeline.io import filesystem_for, strip_query
 
 READ_BLOCK = 8 << 20
 DEFAULT_MAX_MEMBER_BYTES = 512 << 20
@@ -63,12 +73,43 @@ class RawSample:
     error: str | None = None
 
 
-def split_key(name: str) -> tuple[str, str]:
-    slash = name.rfind("/")
-    dot = name.rfind(".")
-    if dot <= slash + 1:  # no dot in the basename, or a leading dot only
-        return name, ""
-    return name[:dot], name[dot + 1:]
+# webdataset's `base_plus_ext` and its metadata-member pattern, so that samples group alike.
+KEY_AND_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+META_MEMBER = re.compile(r"__[^/]*__($|/)")
+_ESCAPED = re.compile(rb"\\\\|\\x([0-9a-fA-F]{2})")
+
+
+def split_key(name: str) -> tuple[str | None, str | None]:
+    """(key, field) as webdataset splits a member name; (None, None) for a member of no sample."""
+    if META_MEMBER.match(name):
+        return None, None
+    match = KEY_AND_FIELD.match(name)
+    if not match:
+        return None, None
+    return match.group(1), match.group(2).lower()
+
+
+def escape_name(name: str) -> str:
+    """A member name as a storable (UTF-8) string, losslessly: `\\` -> `\\\\`, a byte that is not
+    valid UTF-8 (a surrogate escape from tarfile) -> `\\xNN`. Plain names are unchanged."""
+    if "\\" not in name:
+        try:
+            name.encode("utf-8")
+            return name
+        except UnicodeEncodeError:
+            pass
+    doubled = name.replace("\\", "\\\\")
+    try:
+        raw = doubled.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no byte escape (odd pax headers)
+        raw = doubled.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def unescape_name(stored: str) -> bytes:
+    """The original name's bytes from `escape_name`'s output."""
+    return _ESCAPED.sub(lambda m: b"\\" if m.group(1) is None else bytes([int(m.group(1), 16)]),
+                        stored.encode("utf-8"))
 
 
 def open_shard(url: str, storage_options: dict[str, Any] | None = None) -> BinaryIO:
@@ -76,7 +117,8 @@ def open_shard(url: str, storage_options: dict[str, Any] | None = None) -> Binar
     try:
         return fs.open(path, "rb", block_size=READ_BLOCK)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        raise UnreadableShard(f"cannot open {url}: {type(e).__name__}: {e}") from e
+        raise UnreadableShard(f"cannot open {strip_query(url)}: {type(e).__name__}: "
+                              f"{str(e).replace(url, strip_query(url))}") from e
 
 
 def iter_members(fileobj: BinaryIO, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
@@ -156,6 +198,7 @@ def group_samples(members: Iterator[Member | TarProblem]) -> Iterator[RawSample]
     for item in members:
         if isinstance(item, TarProblem):
             key = split_key(item.member)[0] if item.member else None
+            key = escape_name(key) if key is not None else None
             if current is not None and key != current.key:
                 yield current
                 current = None
@@ -168,6 +211,9 @@ def group_samples(members: Iterator[Member | TarProblem]) -> Iterator[RawSample]
             yield current
             return
         key, ext = split_key(item.name)
+        if key is None:
+            continue  # not part of any sample (webdataset skips it too)
+        key = escape_name(key)
         if current is not None and (key != current.key or ext in current.members):
             yield current
             current = None
@@ -182,7 +228,7 @@ def iter_samples(url: str, storage_options: dict[str, Any] | None = None,
                  max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[RawSample]:
     """open -> untar -> group, closing the stream whatever happens."""
     with open_shard(url, storage_options) as f:
-        yield from group_samples(iter_members(f, max_member_bytes, url))
+        yield from group_samples(iter_members(f, max_member_bytes, strip_query(url)))
 
 
 def count_samples(url: str, storage_options: dict[str, Any] | None = None) -> tuple[int, list[str]]:
@@ -191,5 +237,5 @@ def count_samples(url: str, storage_options: dict[str, Any] | None = None) -> tu
     return len(keys), keys
 
 
-__all__ = ["Member", "RawSample", "TarProblem", "UnreadableShard", "count_samples", "group_samples",
-           "iter_members", "iter_samples", "open_shard", "split_key"]
+__all__ = ["Member", "RawSample", "TarProblem", "UnreadableShard", "count_samples", "escape_name",
+           "group_samples", "iter_members", "iter_samples", "open_shard", "split_key", "unescape_name"]

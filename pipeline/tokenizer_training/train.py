@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import from_dict, save_config, to_dict
+from pipeline.config import config_from_ray, save_config, to_ray_dict
 from pipeline.ray_connect import init_ray
 from pipeline.tokenizer_training.config import TokenizerTrainConfig
 from pipeline.training.console import say
@@ -70,11 +70,13 @@ def absolute_paths(cfg: TokenizerTrainConfig) -> TokenizerTrainConfig:
 def fit(cfg: TokenizerTrainConfig) -> FitResult:
     cfg.validate()
     cfg = absolute_paths(cfg)
+    from pipeline.runner.preflight import check_inputs
     from pipeline.sources.listing import expand_shards
-    if not expand_shards(cfg.train_shards, cfg.storage_options):
-        raise ValueError(f"no training shards match {cfg.train_shards!r}")
-    if cfg.eval_shards and not expand_shards(cfg.eval_shards, cfg.storage_options):
-        raise ValueError(f"no evaluation shards match {cfg.eval_shards!r}")
+
+    # Every shard exists before Ray starts (one line naming a missing one, exit 2).
+    for patterns in (cfg.train_shards, cfg.eval_shards or []):
+        if patterns:
+            check_inputs(expand_shards(patterns, cfg.storage_options), cfg.storage_options)
 
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -86,7 +88,7 @@ def fit(cfg: TokenizerTrainConfig) -> FitResult:
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg)},
+        train_loop_config={"config": to_ray_dict(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=ray_run_config(cfg.name, run_dir, fs, max_failures=cfg.max_failures,
@@ -117,7 +119,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from pipeline.tokenizer_training.families import build_family
     from pipeline.tokenizer_training.steps import Trainer
 
-    cfg = from_dict(TokenizerTrainConfig, loop_config["config"])
+    cfg = config_from_ray(TokenizerTrainConfig, loop_config["config"])  # storage options back from the object store
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

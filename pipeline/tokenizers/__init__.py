@@ -7,7 +7,8 @@ from pipeline.tokenizers.base import (
     load_tokenizer,
     register_tokenizer,
 )
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
+from pipeline.tokenizers.rebuild import TokenizerMismatch, tokenizer_from_metadata
 
 __all__ = ["MultiScaleTokens", "PreprocessConfig", "Tokenizer", "available_tokenizers",
-           "load_tokenizer", "register_tokenizer"]
+           "TokenizerMismatch", "load_tokenizer", "register_tokenizer", "tokenizer_from_metadata"]

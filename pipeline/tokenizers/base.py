@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.tokenizers.preprocess import PreprocessConfig, images_to_tensor
+from pipeline.images import PreprocessConfig, images_to_tensor
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -253,6 +253,14 @@ def register_tokenizer(name: str) -> Callable[[TokenizerFactory], TokenizerFacto
     return wrap
 
 
+class UnknownTokenizer(KeyError):
+    """A name the registry does not know. A KeyError (a lookup that failed) whose message reads as
+    written: str(KeyError) would wrap it in quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def available_tokenizers() -> list[str]:
     return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
 
@@ -267,7 +275,7 @@ def load_tokenizer(name: str, checkpoint: str | None = None, config: dict[str, A
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
         importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _REGISTRY:
-        raise KeyError(f"unknown tokenizer {name!r}; available: {', '.join(available_tokenizers())}")
+        raise UnknownTokenizer(f"unknown tokenizer {name!r}; available: {', '.join(available_tokenizers())}")
     pre = options.get("preprocess")
     if isinstance(pre, dict):
         options["preprocess"] = PreprocessConfig(**pre)

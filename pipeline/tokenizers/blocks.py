@@ -49,6 +49,28 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
+class SeparateQKVAttnBlock(nn.Module):
+    """The same attention with q, k, v as three 1x1 convs (the LDM and LlamaGen layouts: keys
+    `norm`, `q`, `k`, `v`, `proj_out`), used by the GQ and SVQVAE/FlexVAR families. Through
+    torch's fused scaled-dot-product attention, whose memory stays linear in the positions (a
+    large image's latent has tens of thousands)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = normalize(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        hidden = self.norm(x)
+        q, k, v = (conv(hidden).reshape(b, 1, c, h * w).transpose(2, 3) for conv in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (b, 1, hw, c), scale c^-0.5
+        return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
+
+
 class Downsample2x(nn.Module):
     """Zero-pad right and bottom by one pixel, then a stride-2 3x3 conv (asymmetric on purpose)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -37,7 +38,10 @@ def read_state_dict(path: str | os.PathLike, *, prefer: Iterable[str] = CONTAINE
             raise CheckpointError(f"not a readable safetensors file: {path}: {exc}") from exc
     else:
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns about pickle protocols it may not read; the refusal below says it once.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             # torch's message advises weights_only=False; we never do that, so only the reason is kept.
             lines = [ln.strip() for ln in str(exc).splitlines()]

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from pipeline.tokenizers.base import register_tokenizer
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 
 WEIGHTS = "default_tokenizer.safetensors"
 DESCRIPTION = "default_tokenizer.json"

@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer, merge_config, register_tokenizer
+from pipeline.tokenizers.base import merge_config, register_tokenizer
 from pipeline.tokenizers.checkpoints import CheckpointError, load_into, read_state_dict
 from pipeline.tokenizers.ldm_blocks import Decoder, Encoder
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 from pipeline.tokenizers.quantizers.gaussian import GaussianQuantizer
-from pipeline.tokenizers.single_scale import check_single_scale, pad_to_multiple
+from pipeline.tokenizers.single_scale import SingleScaleTokenizer
 
 ENCODER_DECODER_KWARGS: dict[str, Any] = {
     "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [32],
@@ -100,10 +100,8 @@ class GQModel(nn.Module):
             logvar_range=tuple(r["logvar_range"]), layout="strided")
 
 
-class GQTokenizer(Tokenizer):
+class GQTokenizer(SingleScaleTokenizer):
     name = "gq"
-    input_range = (-1.0, 1.0)
-    supports_tiling = False
 
     def __init__(self, model: GQModel, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(model, config, **kwargs)
@@ -117,36 +115,20 @@ class GQTokenizer(Tokenizer):
     def quantizer(self) -> GaussianQuantizer:
         return self.model.regularization
 
-    def _encode(self, x: torch.Tensor, patch_nums: tuple[int, ...], tile_size: int | None,
-                overlap: int | None) -> MultiScaleTokens:
-        h, w = x.shape[-2:]
-        canvas = pad_to_multiple(x, self.downsample)
-        grid_hw = (canvas.shape[-2] // self.downsample, canvas.shape[-1] // self.downsample)
-        check_single_scale(self.name, patch_nums, self.patch_nums, grid_hw, tile_size, overlap)
-        out = self.quantizer(self.model.encoder(canvas))
-        grid = out.indices[..., 0] if self.groups == 1 else out.indices
-        return MultiScaleTokens(grids=[grid], patch_nums=(max(grid_hw),), image_size=(h, w),
-                                padded_size=tuple(canvas.shape[-2:]))
+    def codes_to_grid(self, indices: torch.Tensor) -> torch.Tensor:
+        # The quantiser always answers (B, h, w, G); one group is stored as a plain (B, h, w) grid.
+        return indices[..., 0] if self.groups == 1 else indices
 
-    def _decode(self, tokens: MultiScaleTokens, upto: int) -> torch.Tensor:
-        grid = tokens.grids[0].long()
+    def grid_to_codes(self, grid: torch.Tensor) -> torch.Tensor:
+        grid = grid.long()
         indices = grid[..., None] if grid.ndim == 3 else grid
         if indices.shape[-1] != self.groups:
             raise ValueError(f"gq: expected {self.groups} codes per position, got grid {tuple(grid.shape)}")
-        image = self.model.decoder(self.quantizer.lookup(indices))
-        if tokens.image_size is not None:
-            image = image[:, :, :tokens.image_size[0], :tokens.image_size[1]]
-        return image
+        return indices
 
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder output [mu ; logvar] (B, 2c, H/8, W/8), logvar not yet clamped (float32)."""
-        with torch.inference_mode(), self.autocast():
-            return self.model.encoder(x.to(self.device)).float()
-
-    def decode_latent(self, zhat: torch.Tensor) -> torch.Tensor:
-        """Decoder on a quantised latent (B, c, h, w), not clamped."""
-        with torch.inference_mode(), self.autocast():
-            return self.model.decoder(zhat.to(self.device)).float()
+        return self.encode_latent(x)
 
 
 def load_gq_weights(model: GQModel, checkpoint: str) -> None:

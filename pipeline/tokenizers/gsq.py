@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer, merge_config, register_tokenizer
+from pipeline.tokenizers.base import merge_config, register_tokenizer
 from pipeline.tokenizers.checkpoints import CONTAINER_KEYS, load_into, read_state_dict
 from pipeline.tokenizers.flex_blocks import Decoder, Encoder
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 from pipeline.tokenizers.quantizers.spherical import SphericalQuantizer
-from pipeline.tokenizers.single_scale import check_single_scale, pad_to_multiple
+from pipeline.tokenizers.single_scale import SingleScaleTokenizer
 
 RELEASED_CONFIG: dict[str, Any] = {  # GSQ-F8-D64-G16-V8k config.yaml + FlexTokenizer defaults
     "input_channels": 3, "hidden_channels": 128, "channel_multipliers": [1, 2, 2, 4],
@@ -111,10 +111,8 @@ class FlexTokenizerModel(nn.Module):
                                              norm_p=norm_order(q))
 
 
-class GSQTokenizer(Tokenizer):
+class GSQTokenizer(SingleScaleTokenizer):
     name = "gsq"
-    input_range = (-1.0, 1.0)
-    supports_tiling = False
 
     def __init__(self, model: FlexTokenizerModel, config: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(model, config, **kwargs)
@@ -126,32 +124,6 @@ class GSQTokenizer(Tokenizer):
     @property
     def quantizer(self) -> SphericalQuantizer:
         return self.model.quantizers
-
-    def _encode(self, x: torch.Tensor, patch_nums: tuple[int, ...], tile_size: int | None,
-                overlap: int | None) -> MultiScaleTokens:
-        h, w = x.shape[-2:]
-        canvas = pad_to_multiple(x, self.downsample)
-        grid_hw = (canvas.shape[-2] // self.downsample, canvas.shape[-1] // self.downsample)
-        check_single_scale(self.name, patch_nums, self.patch_nums, grid_hw, tile_size, overlap)
-        codes = self.quantizer(self.model.encoder(canvas)).indices
-        return MultiScaleTokens(grids=[codes], patch_nums=(max(grid_hw),), image_size=(h, w),
-                                padded_size=tuple(canvas.shape[-2:]))
-
-    def _decode(self, tokens: MultiScaleTokens, upto: int) -> torch.Tensor:
-        image = self.model.decoder(self.quantizer.lookup(tokens.grids[0]))
-        if tokens.image_size is not None:
-            image = image[:, :, :tokens.image_size[0], :tokens.image_size[1]]
-        return image
-
-    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder output before quantisation (B, D, H/8, W/8), float32."""
-        with torch.inference_mode(), self.autocast():
-            return self.model.encoder(x.to(self.device)).float()
-
-    def decode_latent(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Decoder on a quantised latent (B, D, h, w), not clamped."""
-        with torch.inference_mode(), self.autocast():
-            return self.model.decoder(quantized.to(self.device)).float()
 
 
 @register_tokenizer("gsq")

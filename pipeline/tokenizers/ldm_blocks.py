@@ -18,25 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.tokenizers.blocks import Downsample2x, ResnetBlock, Upsample2x, normalize
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all positions (scale C^-0.5), separate q/k/v 1x1 convs."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.norm = normalize(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        hidden = self.norm(x)
-        q, k, v = (conv(hidden).reshape(b, 1, c, h * w).transpose(2, 3) for conv in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)  # (b, 1, hw, c)
-        return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
+from pipeline.tokenizers.blocks import SeparateQKVAttnBlock as AttnBlock
 
 
 class Encoder(nn.Module):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.tokenizers.blocks import Downsample2x, ResnetBlock, Upsample2x, normalize
+from pipeline.tokenizers.blocks import SeparateQKVAttnBlock as AttnBlock
 from pipeline.tokenizers.quantizers.l2norm import L2NormQuantizer
 
 
@@ -50,28 +51,6 @@ class LlamaGenVQConfig:
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.encoder_ch_mult) - 1)
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all positions with separate q, k, v 1x1 convs."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.norm = normalize(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        x_norm = self.norm(x)
-        q = self.q(x_norm).reshape(b, c, h * w)
-        k = self.k(x_norm).reshape(b, c, h * w)
-        v = self.v(x_norm).reshape(b, c, h * w)
-        attn = torch.softmax(torch.bmm(q.transpose(1, 2), k) * c ** -0.5, dim=2)  # (b, query, key)
-        out = torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w)
-        return x + self.proj_out(out)
 
 
 def _level(block_in: int, block_out: int, n_res: int, with_attn: bool, dropout: float) -> nn.Module:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer, merge_config, register_tokenizer
 from pipeline.tokenizers.checkpoints import CheckpointError, load_into, read_state_dict
 from pipeline.tokenizers.llamagen_blocks import LlamaGenVQConfig, LlamaGenVQModel
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 from pipeline.tokenizers.svqvae_tiling import (
     ScaleGeometry, decode_plan, fit_output, plan_canvas, reflect_pad, resize_latent, tiled_scale,
     whole_scale,

@@ -22,7 +22,7 @@ from pipeline.tokenizers import tiling
 from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer, merge_config, register_tokenizer
 from pipeline.tokenizers.blocks import Decoder, Encoder
 from pipeline.tokenizers.checkpoints import load_into, read_state_dict
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 from pipeline.tokenizers.quantizers.residual import MultiScaleResidualQuantizer
 
 RELEASED_CONFIG: dict[str, Any] = {

@@ -27,7 +27,7 @@ import torch
 from pipeline.tokenizers import naflex
 from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer, merge_config, register_tokenizer
 from pipeline.tokenizers.checkpoints import CheckpointError, load_into, read_state_dict
-from pipeline.tokenizers.preprocess import PreprocessConfig, apply_policy, uint8_to_tensor
+from pipeline.images import PreprocessConfig, apply_policy, uint8_to_tensor
 from pipeline.tokenizers.vit_blocks import ViTokAE
 
 # ------------------------------------------------------------------------ configuration

@@ -23,6 +23,7 @@ def plot_panels(rows: Sequence[dict[str, Any]], panels: dict[str, Sequence[str]]
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         log.warning("matplotlib is not installed; skipping the metrics plot")
         return None
@@ -36,6 +37,7 @@ def plot_panels(rows: Sequence[dict[str, Any]], panels: dict[str, Sequence[str]]
                 ax.plot(*zip(*pts), label=key, marker="." if len(pts) < 30 else None)
         ax.set_title(name)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no "1.25"
         if ax.lines:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from pipeline.io import filesystem_for
 from pipeline.tokenizers.checkpoints import CheckpointError, check_keys, read_state_dict, strip_prefix
 from pipeline.training.run_config import checkpoint_dirs
 from pipeline.var.model import VAR, VARConfig
@@ -152,11 +153,9 @@ def load_trained(path: str, *, storage_options: Mapping[str, Any] | None = None,
     import posixpath
     import tempfile
 
-    import fsspec
+    from pipeline.tokenizers import TokenizerMismatch, tokenizer_from_metadata
 
-    from pipeline.tokenizers import load_tokenizer
-
-    fs, root = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    fs, root = filesystem_for(path, storage_options)
     if not fs.exists(posixpath.join(root, "state.json")):
         runs = checkpoint_dirs(fs, root)
         if not runs:
@@ -167,10 +166,30 @@ def load_trained(path: str, *, storage_options: Mapping[str, Any] | None = None,
         local = os.path.join(tmp, "model.safetensors")
         fs.get(posixpath.join(root, "model.safetensors"), local)
         sd = read_state_dict(local)
-    spec = state["tokenizer"]
-    tok = load_tokenizer(spec["name"], tokenizer_checkpoint or spec.get("checkpoint"), spec.get("config"),
-                         device=device, **spec.get("options", {}))
-    if spec.get("fingerprint") and tok.fingerprint() != spec["fingerprint"]:
-        raise CheckpointError(f"the tokenizer rebuilt for {root} has fingerprint {tok.fingerprint()}, the model "
-                              f"was trained with {spec['fingerprint']}: pass the tokenizer weights it used")
-    return load_var(sd, config=state["var_config"], tokenizer=tok, device=device)
+    try:
+        tok = tokenizer_from_metadata(state["tokenizer"], tokenizer_checkpoint, device=device)
+    except TokenizerMismatch as exc:
+        raise CheckpointError(f"{root}: {exc}") from exc
+    model = load_var(sd, config=state["var_config"], tokenizer=tok, device=device)
+    model.class_names = state.get("class_names")  # the training data's class names (label i = names[i])
+    return model
+
+
+def resolve_classes(items: Sequence[str | int], num_classes: int, names: Sequence[str] | None = None) -> list[int]:
+    """--classes entries (indices, or class names of the training data) -> class indices.
+    `num_classes` itself is the unconditional (null) class."""
+    index = {name: i for i, name in enumerate(names or [])}
+    out = []
+    for text in (part.strip() for item in items for part in str(item).split(",") if part.strip()):
+        if text in index:
+            out.append(index[text])
+        elif text.lstrip("-").isdigit():
+            out.append(int(text))
+        else:
+            known = (f"; known names: {', '.join(list(index)[:8])}{', ...' if len(index) > 8 else ''}" if index
+                     else "; this model records no class names (train on class-folder or ClassLabel data)")
+            raise ValueError(f"--classes {text!r} is neither a class index nor a class name{known}")
+        if not 0 <= out[-1] <= num_classes:
+            raise ValueError(f"--classes {text!r}: class {out[-1]} is outside 0..{num_classes - 1} "
+                             f"({num_classes} = unconditional)")
+    return out

@@ -24,7 +24,7 @@ from pipeline.sinks.writer import OutputLayout  # noqa: E402
 from pipeline.sources.device_decode import nvjpeg_decoder, pillow_raw_decoder  # noqa: E402
 from pipeline.sources.listing import Shard  # noqa: E402
 from pipeline.tokenizers import load_tokenizer  # noqa: E402
-from pipeline.tokenizers.preprocess import PreprocessConfig  # noqa: E402
+from pipeline.images import PreprocessConfig  # noqa: E402
 from tests.job.conftest import VAR_CONFIG, var_config  # noqa: E402
 from tests.job.corpus import encode, photo, write_tar  # noqa: E402
 

@@ -15,7 +15,7 @@ from pipeline.runner.build import plan_job
 from pipeline.runner.config import TokenizeConfig
 from pipeline.runner.job import run_tokenize
 from pipeline.tokenizers import load_tokenizer
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 from tests.job.conftest import VAR_CONFIG, VAR_PATCH_NUMS, var_config
 
 

@@ -12,7 +12,7 @@ import time
 import ray
 
 from pipeline.runner.job import run_tokenize
-from pipeline.sinks.verify import verify_output
+from pipeline.runner.verify import verify_output
 from pipeline.sources.sample_corpus import write_sample_corpus
 from tests.job.conftest import tiny_config
 

@@ -22,7 +22,7 @@ from pipeline.sources.device_decode import (DeviceJpeg, nvjpeg_decoder, orient, 
                                             policy_on_device, to_device_tensors)
 from pipeline.sources.listing import Shard
 from pipeline.sources.tar_stream import Member, RawSample
-from pipeline.tokenizers.preprocess import PreprocessConfig, apply_policy, images_to_tensor
+from pipeline.images import PreprocessConfig, apply_policy, images_to_tensor
 from tests.job.conftest import tiny_config
 from tests.job.corpus import encode, photo, write_tar
 

@@ -24,13 +24,13 @@ from pipeline.runner.job import prepare_output, run_tokenize
 from pipeline.runner.shard_task import process_shard
 from pipeline.sinks.reader import encoded_size, row_tokens
 from pipeline.sinks.schema import decode_metadata
-from pipeline.sinks.verify import malformed_rows, verify_output
+from pipeline.runner.verify import malformed_rows, verify_output
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.decode import decode_sample
 from pipeline.sources.listing import expand_shards
 from pipeline.sources.tar_stream import iter_samples
 from pipeline.tokenizers.base import MultiScaleTokens
-from pipeline.tokenizers.preprocess import PreprocessConfig, apply_policy
+from pipeline.images import PreprocessConfig, apply_policy
 from tests.job.corpus import encode, photo, write_tar
 
 SHARD = "fam-000000"

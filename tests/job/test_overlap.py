@@ -20,7 +20,7 @@ from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.decode import decode_sample, draft_request
 from pipeline.sources.listing import Shard, expand_shards
 from pipeline.sources.tar_stream import Member, RawSample
-from pipeline.tokenizers.preprocess import PreprocessConfig, apply_policy
+from pipeline.images import PreprocessConfig, apply_policy
 from tests.job.conftest import tiny_config, var_config
 from tests.job.corpus import encode, photo
 
@@ -59,7 +59,10 @@ def test_concurrent_shards_share_a_worker_and_keep_their_errors(corpus_dir, corp
     assert [r.ok for r in results] == [True, False, True, False]
     assert "IsADirectoryError" in results[1].error
     assert "UnreadableShard" in results[3].error
-    assert not (tmp_path / "par" / "_manifest" / "sample-000001.json").exists()
+    # The write failed at publication: the shard is committed (its manifest won) but its data is
+    # still in its attempt file, which the next attempt (or run) publishes.
+    assert (tmp_path / "par" / "_manifest" / "sample-000001.json").exists()
+    assert [p.name.split("@")[0] for p in (tmp_path / "par" / "_attempts").iterdir()] == ["sample-000001"]
     good = {k: v for k, v in files_of(tmp_path / "par").items() if k != "sample-000001.parquet"}
     expected = files_of(tmp_path / "seq")
     assert good == {k: v for k, v in expected.items() if k in good} and len(good) == 2
@@ -68,7 +71,8 @@ def test_concurrent_shards_share_a_worker_and_keep_their_errors(corpus_dir, corp
     # After the failures the worker still tokenizes (nothing left locked or half open).
     (tmp_path / "par" / "tokens" / "sample-000001.parquet").rmdir()
     again = worker.process(shards[1])
-    assert again.ok and files_of(tmp_path / "par")["sample-000001.parquet"] == expected["sample-000001.parquet"]
+    assert again.ok and not again.created  # committed before; this attempt only published it
+    assert files_of(tmp_path / "par")["sample-000001.parquet"] == expected["sample-000001.parquet"]
 
 
 def _raw(data: bytes, ext: str = "jpg") -> RawSample:

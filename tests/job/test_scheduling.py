@@ -1,5 +1,6 @@
-"""Resume planning: a shard is done iff its manifest exists with the job's fingerprint, decided
-from one listing and the manifests' fingerprints (benchmarks/scheduling.py times it at 100 000)."""
+"""Resume planning: a shard is done iff its manifest exists with the job's fingerprint (and its
+data is published), decided from two listings and the manifests' fingerprints
+(benchmarks/scheduling.py times it at 100 000)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import json
 
 import numpy as np
 
-from pipeline.runner.job import manifest_fingerprints, plan_resume
-from pipeline.sinks.manifest import build_manifest, read_all_manifests
+from pipeline.sinks.manifest import build_manifest, manifest_fingerprints, plan_resume, read_all_manifests
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.listing import Shard
 
@@ -17,10 +17,10 @@ OTHER = "0" * 32
 
 
 def _manifest(name: str, fingerprint: str) -> bytes:
-    m = build_manifest(shard=name, input_url=f"/in/{name}.tar", data_file=f"tokens/{name}.parquet", data=b"x",
+    m = build_manifest(shard=name, input_url=f"/in/{name}.tar", data=b"x",
                        rows=1, status_counts={"ok": 1}, samples=1, fingerprint=fingerprint,
                        tokenizer_fingerprint="t" * 32, histogram=np.arange(64), duration_s=0.1, attempt=0,
-                       worker={"pid": 1, "host": "h", "node": "n", "device": "cpu"})
+                       attempt_id="run-0", worker={"pid": 1, "host": "h", "node": "n", "device": "cpu"})
     return json.dumps(m, indent=1, sort_keys=True).encode()  # as commit_shard writes it
 
 
@@ -43,8 +43,14 @@ def test_resume_planning_over_2000_manifests(tmp_path):
             path.write_bytes(_manifest(shard.name, JOB))
             expected_done.add(shard.name)
     (tmp_path / "out" / "_manifest" / "orphan.json").write_bytes(_manifest("orphan", JOB))
+    published = {name for name in expected_done if int(name[-4:]) % 2 == 0}
+    for name in published:
+        (tmp_path / "out" / "tokens" / f"{name}.parquet").write_bytes(b"x")
 
-    todo = plan_resume(layout, shards, JOB)
+    plan = plan_resume(layout, shards, JOB)
+    todo = plan.todo
+    assert set(plan.unpublished) == expected_done - published  # committed, data still to publish
+    assert plan.done == len(published)
     assert {s.name for s in shards} - {s.name for s in todo} == expected_done
     assert [s.name for s in todo] == [s.name for s in shards if s.name not in expected_done]  # order kept
     # The same answer as reading every manifest whole.
@@ -53,4 +59,4 @@ def test_resume_planning_over_2000_manifests(tmp_path):
     fps = manifest_fingerprints(layout)
     assert fps["orphan"] == JOB and fps["train-000003"] == OTHER and fps["train-000007"] is None
     assert "orphan" not in manifest_fingerprints(layout, [s.name for s in shards])
-    assert plan_resume(OutputLayout(str(tmp_path / "empty")), shards[:3], JOB) == shards[:3]
+    assert plan_resume(OutputLayout(str(tmp_path / "empty")), shards[:3], JOB).todo == shards[:3]

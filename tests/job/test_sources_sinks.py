@@ -1,21 +1,20 @@
 """Sources and sinks without Ray: shard listing, tar streaming on damaged tars, decode statuses,
-the Parquet schema and its determinism, the local commit protocol, verify's problem kinds."""
+the Parquet schema and its determinism, verify's problem kinds (the commit protocol:
+test_commit_protocol.py)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import threading
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sinks.manifest import CommitConflict, commit_shard, read_all_manifests
 from pipeline.sinks.schema import TokenRow, build_table, decode_metadata, token_schema
-from pipeline.sinks.writer import OutputLayout, parquet_bytes
+from pipeline.sinks.writer import parquet_bytes
 from pipeline.sources.decode import decode_sample
 from pipeline.sources.listing import expand_shards, shard_name
 from pipeline.sources.tar_stream import UnreadableShard, count_samples, iter_samples, split_key
@@ -43,10 +42,12 @@ def test_listing_patterns(tmp_path):
     assert shard_name("s3://b/x/train-000001.tar.gz") == "train-000001"
 
 
-def test_split_key_keeps_dots():
-    assert split_key("a/b.c/n01440764_1.JPEG.jpg") == ("a/b.c/n01440764_1.JPEG", "jpg")
-    assert split_key("plain") == ("plain", "")
-    assert split_key("dir.v2/.hidden") == ("dir.v2/.hidden", "")
+def test_split_key_follows_webdataset():
+    assert split_key("a/b.c/n01440764_1.JPEG.jpg") == ("a/b.c/n01440764_1", "jpeg.jpg")
+    assert split_key("000001.seg.png") == ("000001", "seg.png")
+    assert split_key("plain") == (None, None)
+    assert split_key("dir.v2/.hidden") == (None, None)
+    assert split_key("__meta__") == (None, None)
 
 
 def test_bad_inputs_at_the_reader(bad_shards):
@@ -135,62 +136,9 @@ def test_arrow_io_reads_what_pyarrow_reads_from_arrow_memory(tmp_path):
             read_schema(fs, str(tmp_path / "bad.parquet"))
 
 
-def test_local_commit_is_exactly_once(tmp_path):
-    layout = OutputLayout(str(tmp_path / "out"))
-    layout.makedirs()
-    manifest = {"fingerprint": "f", "sha256": "s"}
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(commit_shard(layout, "x", b"same", manifest)))
-               for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results) == [False] * 7 + [True]
-    assert read_all_manifests(layout) == {"x": manifest}
-    assert os.listdir(layout.tmp_dir) == []
-    with pytest.raises(CommitConflict, match="another job"):
-        commit_shard(layout, "x", b"same", {"fingerprint": "g", "sha256": "s"})
-
-
-def test_a_retry_never_rewrites_a_committed_shard(tmp_path):
-    layout = OutputLayout(str(tmp_path / "out"))
-    layout.makedirs()
-    first = {"fingerprint": "f", "sha256": "s1"}
-    assert commit_shard(layout, "x", b"first bytes", first) is True
-    # the same job's retry with the same bytes: already committed, nothing rewritten
-    assert commit_shard(layout, "x", b"first bytes", first) is False
-    # a retry whose encoding came out different (not bit-reproducible) must not replace the
-    # committed bytes the manifest describes; it is reported, not hidden
-    with pytest.raises(CommitConflict, match="not bit-reproducible"):
-        commit_shard(layout, "x", b"other bytes", {"fingerprint": "f", "sha256": "s2"})
-    assert layout.read_bytes(layout.data_path("x")) == b"first bytes"
-    assert read_all_manifests(layout) == {"x": first}
-
-
-def test_commit_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
-    """Filesystems without hard links (some FUSE/SMB mounts) make os.link fail with EPERM; the
-    commit falls back to an O_EXCL create and stays exactly once."""
-    def no_links(src, dst):
-        raise PermissionError(1, "Operation not permitted", dst)
-
-    monkeypatch.setattr(os, "link", no_links)
-    layout = OutputLayout(str(tmp_path / "out"))
-    layout.makedirs()
-    path = layout.manifest_path("y")
-    assert layout.create_if_absent(path, b"one") is True
-    assert layout.create_if_absent(path, b"two") is False
-    assert layout.read_bytes(path) == b"one" and os.listdir(layout.tmp_dir) == []
-    # a half-written manifest is a conflict, never "not committed yet"
-    with open(layout.manifest_path("z"), "wb") as f:
-        f.write(b'{"fingerprint": "f", "sha')
-    with pytest.raises(CommitConflict):
-        commit_shard(layout, "z", b"data", {"fingerprint": "f", "sha256": "s"})
-
-
 def test_verify_reports_each_problem_kind(ray_cluster, corpus_pattern, tmp_path):
     from pipeline.runner.job import run_tokenize
-    from pipeline.sinks.verify import verify_output
+    from pipeline.runner.verify import verify_output
     from tests.job.conftest import tiny_config
 
     out = tmp_path / "out"

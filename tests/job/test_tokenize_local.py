@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.errors import UsageError
 from pipeline.runner.job import OutputConflict, run_tokenize
 from pipeline.sinks.schema import decode_metadata
-from pipeline.sinks.verify import verify_output
+from pipeline.runner.verify import verify_output
 from pipeline.sources.tar_stream import iter_samples
 from pipeline.tokenizers import load_tokenizer
 from pipeline.tokenizers.base import MultiScaleTokens
@@ -107,11 +108,15 @@ def test_same_bytes_whatever_the_actor_count_and_rerun_skips(ray_cluster, corpus
 def test_every_bad_input_in_its_own_shard(ray_cluster, bad_shards, tmp_path):
     out = tmp_path / "out"
     missing_url = str(Path(bad_shards["bad-label"]).parent / "bad-does-not-exist.tar")
-    inputs = list(bad_shards.values()) + [missing_url]
+    inputs = list(bad_shards.values())
+    # A missing input is refused before Ray starts, naming it; nothing is written.
+    with pytest.raises(UsageError, match=f"input {missing_url}: does not exist"):
+        run_tokenize(tiny_config(inputs + [missing_url], out, num_actors=2, max_shard_retries=1))
+    assert not out.exists()
     rc = run_tokenize(tiny_config(inputs, out, num_actors=2, max_shard_retries=1))
-    assert rc == 1  # two shards could not be read at all
+    assert rc == 1  # a shard that is not a tar could not be read at all
     stats = json.loads((out / "_stats.json").read_text())
-    assert sorted(stats["failed_shards"]) == ["bad-does-not-exist", "bad-notatar"]
+    assert sorted(stats["failed_shards"]) == ["bad-notatar"]
     assert "2 attempts failed" in stats["failed_shards"]["bad-notatar"]
     for name, expected in EXPECTED.items():
         table = pq.read_table(out / "tokens" / f"{name}.parquet").to_pylist()
@@ -131,7 +136,7 @@ def test_every_bad_input_in_its_own_shard(ray_cluster, bad_shards, tmp_path):
     bomb = pq.read_table(out / "tokens" / "bad-bomb.parquet").to_pylist()[0]
     assert "bomb" in bomb["error"]
     report = verify_output(str(out), inputs)
-    assert sorted(report.problems["missing"]) == ["bad-does-not-exist: not committed", "bad-notatar: not committed"]
+    assert sorted(report.problems["missing"]) == ["bad-notatar: not committed"]
     assert len(report.ok) == len(EXPECTED)
 
 
@@ -155,7 +160,7 @@ def test_resume_does_only_the_rest_and_foreign_output_is_refused(ray_cluster, co
     other_cfg_path = tmp_path / "tok.json"
     other_cfg_path.write_text(json.dumps({"seed": 1}))
     other.tokenizer_config = str(other_cfg_path)
-    with pytest.raises(OutputConflict, match="different tokenizer/config.*--overwrite"):
+    with pytest.raises(OutputConflict, match="another job.*--overwrite"):
         run_tokenize(other)
     assert files_of(out) == reference
     other.overwrite = True

@@ -2,12 +2,16 @@
 image to the scale's grid and pick the nearest of V seeded RGB codes. Registered as "tiny-pool";
 Ray actors import this module through the job's `tokenizer_module`.
 
-`config["delay"]` sleeps that many seconds per encode call (for killing actors mid-shard); it is
-left out of `describe()` so a slow run and a fast run have the same fingerprint.
+`config["delay"]` sleeps that many seconds per encode call (for killing actors mid-shard);
+`config["jitter"]` adds a random offset to every code (an encoding that is not bit-reproducible,
+like bf16 on mixed GPUs); `config["hang_once"]` (a file path) makes the first encode call of the
+whole test hang for 10 minutes (a hung actor). All three are left out of `describe()` so such runs
+have the same fingerprint as a plain one. (`hang_once` hangs only inside Ray workers.)
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -16,10 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.tokenizers.base import MultiScaleTokens, Tokenizer, merge_config, register_tokenizer
-from pipeline.tokenizers.preprocess import PreprocessConfig
+from pipeline.images import PreprocessConfig
 from pipeline.tokenizers.quantizers.base import nearest_code_l2
 
-DEFAULTS = {"vocab_size": 64, "patch_nums": (1, 2, 4, 8), "seed": 0, "delay": 0.0, "image_size": 64}
+DEFAULTS = {"vocab_size": 64, "patch_nums": (1, 2, 4, 8), "seed": 0, "delay": 0.0, "image_size": 64,
+            "jitter": False, "hang_once": ""}
+BEHAVIOUR_ONLY = ("delay", "jitter", "hang_once")
 
 
 class Codebook(nn.Module):
@@ -41,12 +47,16 @@ class TinyPoolTokenizer(Tokenizer):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d["config"] = {k: v for k, v in d["config"].items() if k != "delay"}
+        d["config"] = {k: v for k, v in d["config"].items() if k not in BEHAVIOUR_ONLY}
         return d
 
     def _encode(self, x, patch_nums, tile_size, overlap) -> MultiScaleTokens:
         if self.config["delay"]:
             time.sleep(float(self.config["delay"]))
+        marker = self.config["hang_once"]
+        if marker and _in_ray_worker() and not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(600)
         b, _, h, w = x.shape
         longest = max(h, w)
         grids = []
@@ -54,8 +64,33 @@ class TinyPoolTokenizer(Tokenizer):
             gh, gw = max(1, round(pn * h / longest)), max(1, round(pn * w / longest))
             pooled = F.adaptive_avg_pool2d(x.float(), (gh, gw))
             rows = pooled.permute(0, 2, 3, 1).reshape(-1, 3)
-            grids.append(nearest_code_l2(rows, self.model.codes).reshape(b, gh, gw))
+            codes = nearest_code_l2(rows, self.model.codes).reshape(b, gh, gw)
+            if self.config["jitter"]:
+                codes = (codes + int.from_bytes(os.urandom(2), "little")) % self.vocab_size
+            grids.append(codes)
         return MultiScaleTokens(grids=grids, patch_nums=tuple(patch_nums), image_size=(h, w), padded_size=(h, w))
+
+
+def _in_ray_worker() -> bool:
+    """True in a Ray actor/task process (the driver also encodes, e.g. to plan scale grids)."""
+    try:
+        import ray
+
+        return ray._private.worker.global_worker.mode == ray.WORKER_MODE
+    except Exception:
+        return False
+
+
+def _decode_tiny(self, tokens: MultiScaleTokens, upto: int):
+    """Scale `upto`'s grid painted with its codes' colours at the image size (a real, if crude,
+    decoder: the reconstruction audit measures it)."""
+    grid = tokens.grids[upto - 1].long()
+    colours = self.model.codes[grid].permute(0, 3, 1, 2)
+    size = tokens.image_size or (grid.shape[1] * 8, grid.shape[2] * 8)
+    return F.interpolate(colours, size=tuple(int(v) for v in size), mode="nearest")
+
+
+TinyPoolTokenizer._decode = _decode_tiny
 
 
 @register_tokenizer("tiny-pool")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.tokenizers.preprocess import PreprocessConfig, apply_policy, to_rgb, uint8_to_tensor
+from pipeline.images import PreprocessConfig, apply_policy, to_rgb, uint8_to_tensor
 
 
 def test_uint8_to_tensor_ranges():
@@ -27,9 +27,12 @@ def test_every_colour_mode_becomes_rgb(mode):
         img = base.convert(mode)
     out = to_rgb(img)
     assert out.mode == "RGB" and out.size == (48, 32)
-    if mode in ("I;16", "I", "F"):  # 16-bit is rescaled to use the 8-bit range, not clipped to white
+    if mode in ("I;16", "I"):  # scaled by the 16-bit depth (65535 is white), not by the image's own range
         arr = np.asarray(out)
-        assert arr.min() == 0 and arr.max() == 255
+        assert arr.min() == 0 and arr.max() == round(61400 * 255 / 65535)
+    if mode == "F":  # float images are read as 0..1: values above 1 are white
+        arr = np.asarray(out)
+        assert arr.min() == 0 and arr.max() == 255 and (arr == 255).mean() > 0.9
 
 
 def test_transparent_pixels_become_white():

@@ -73,6 +73,9 @@ def photo_crops(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, np.ndar
     return torch.stack(images), np.array(labels)
 
 
+TEST_JOB = "7e57" * 8  # the job fingerprint of outputs written by these helpers
+
+
 def write_token_parquet(out_dir: Path, tokenizer, tokens: torch.Tensor, labels: np.ndarray, shard: str,
                         n_failed: int = 1) -> Path:
     """One shard's token Parquet in the tokenize job's schema (plus `n_failed` error rows)."""
@@ -92,10 +95,29 @@ def write_token_parquet(out_dir: Path, tokenizer, tokens: torch.Tensor, labels: 
             "precision": tokenizer.precision, "version": "test", "job_config": {},
             "tokenizer_config": tokenizer.describe()["config"]}
     table = build_table(rows, token_schema(tokenizer.vocab_size, metadata=meta))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{shard}.parquet"
-    path.write_bytes(parquet_bytes(table))
-    return path
+    return commit_test_shard(out_dir.parent, shard, parquet_bytes(table), rows)
+
+
+def commit_test_shard(out: Path, shard: str, data: bytes, rows) -> Path:
+    """Commit one shard's bytes the way the tokenize job does (manifest, then tokens/), so readers,
+    which only read committed shards, see it. The output's job fingerprint is TEST_JOB."""
+    from pipeline.sinks.manifest import build_manifest, commit_shard, label_summary
+    from pipeline.sinks.writer import OutputLayout
+
+    layout = OutputLayout(str(out))
+    layout.makedirs()
+    if not (out / "_job.json").exists():
+        (out / "_job.json").write_text(json.dumps({"fingerprint": TEST_JOB}))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    manifest = build_manifest(shard=shard, input_url=f"test://{shard}.tar", data=data, rows=len(rows),
+                              status_counts=counts, samples=len(rows), fingerprint=TEST_JOB,
+                              tokenizer_fingerprint="test", histogram=None, duration_s=0.0, attempt=0,
+                              attempt_id=layout.new_attempt_id(), worker={},
+                              labels=label_summary(r.label for r in rows if r.status == "ok"))
+    commit_shard(layout, shard, data, manifest)
+    return Path(layout.data_path(shard))
 
 
 @pytest.fixture(scope="session")

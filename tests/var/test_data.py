@@ -46,13 +46,49 @@ def test_metadata_is_checked_against_the_tokenizer(token_dir, small_tokenizer, f
         check_tokenizer({**source.metadata, "fingerprint": "0" * 32}, small_tokenizer)
 
 
-def test_files_from_two_tokenizers_are_refused(tmp_path, token_dir, fixture_tokenizer):
+def test_training_reads_only_the_committed_set(tmp_path, token_dir, fixture_tokenizer):
+    import json
     import shutil
 
-    shutil.copytree(token_dir / "tokens", tmp_path / "tokens")
+    from pipeline.var.data import check_labels
+
+    out = tmp_path / "jobs" / "a"
+    shutil.copytree(token_dir, out)
+    # data without a manifest (an interrupted commit), a manifest of another job fingerprint, and a
+    # shard no longer in the job's input: all ignored, and said so
+    (out / "tokens" / "interrupted.parquet").write_bytes((out / "tokens" / "shard-00000.parquet").read_bytes())
     images, labels = photo_crops(2, 256)
-    write_token_parquet(tmp_path / "tokens", fixture_tokenizer, fixture_tokenizer.encode(images).flat(), labels, "z")
-    with pytest.raises(TokenDataError, match="disagree on fingerprint"):
-        open_token_source(str(tmp_path))
+    write_token_parquet(tmp_path / "b" / "tokens", fixture_tokenizer, fixture_tokenizer.encode(images).flat(),
+                        labels, "z")
+    shutil.copy(tmp_path / "b" / "tokens" / "z.parquet", out / "tokens" / "z.parquet")
+    foreign = json.loads((tmp_path / "b" / "_manifest" / "z.json").read_text())
+    foreign["fingerprint"] = "0" * 32
+    (out / "_manifest" / "z.json").write_text(json.dumps(foreign, indent=1, sort_keys=True))
+    (out / "_inputs.json").write_text(json.dumps({"shards": ["shard-00000", "z", "interrupted"]}))
+    source = open_token_source(str(out))
+    assert [f.rsplit("/", 1)[-1] for f in source.files] == ["shard-00000.parquet"]
+    assert "1 uncommitted" in source.ignored and "another job fingerprint" in source.ignored
+    assert "no longer in the job's input" in source.ignored and source.manifests[0]["ok"] == 24
+    # labels out of range are caught when training starts
+    low, high = source.label_range()
+    check_labels(source, high + 1)
+    with pytest.raises(TokenDataError, match="outside the model's"):
+        check_labels(source, high)
+    # a parent holding two job outputs is refused; naming both works when they are one job's
+    shutil.copytree(token_dir, tmp_path / "jobs" / "c")
+    with pytest.raises(TokenDataError, match="holds 2 tokenize outputs"):
+        open_token_source(str(tmp_path / "jobs"))
+    both = open_token_source([str(tmp_path / "jobs" / "c"), str(token_dir)])
+    assert len(both.files) == 4
+    (tmp_path / "jobs" / "c" / "_job.json").write_text(json.dumps({"fingerprint": "1" * 32}))
+    with pytest.raises(TokenDataError, match="different jobs"):
+        open_token_source([str(tmp_path / "jobs" / "c"), str(token_dir)])
     with pytest.raises(TokenDataError, match="no token data"):
         open_token_source(str(tmp_path / "missing"))
+    (tmp_path / "plain").mkdir()
+    shutil.copy(tmp_path / "b" / "tokens" / "z.parquet", tmp_path / "plain" / "z.parquet")
+    with pytest.raises(TokenDataError, match="not a tokenize output"):
+        open_token_source(str(tmp_path / "plain"))
+    assert len(open_token_source(str(tmp_path / "plain" / "z.parquet")).files) == 1  # one file, named
+
+

@@ -26,8 +26,8 @@ from pipeline.sinks.arrow_io import parquet_from_bytes
 from pipeline.sinks.manifest import read_all_manifests
 from pipeline.sinks.schema import ORIGINAL_VARIANT, decode_metadata
 from pipeline.sinks.writer import OutputLayout
-from pipeline.sources.listing import expand_shards
-from pipeline.sources.tar_stream import UnreadableShard, count_samples
+from pipeline.sources.inputs import count_shard_samples, plan_inputs
+from pipeline.sources.tar_stream import UnreadableShard
 
 PROBLEM_KINDS = ("missing", "partial", "stale", "orphan", "duplicate")
 
@@ -61,14 +61,21 @@ class VerifyReport:
 def verify_output(output: str, inputs: Iterable[str], storage_options: dict[str, Any] | None = None,
                   check_tars: bool = True) -> VerifyReport:
     layout = OutputLayout(output, storage_options)
-    shards = expand_shards(list(inputs), storage_options)
-    report = VerifyReport(shards=len(shards))
     job_path = layout.join("_job.json")
     if not layout.exists(job_path):
-        for shard in shards:
-            report.add("missing", f"{shard.name}: {output} has no _job.json (not a tokenize output?)")
-        return report
-    fingerprint = json.loads(layout.read_bytes(job_path))["fingerprint"]
+        # Nothing to recount against: one refusal, not one "missing" line per input shard.
+        if not layout.exists(layout.root):
+            raise FileNotFoundError(f"output {output} does not exist")
+        raise ValueError(f"output {output} is not a tokenize output (no _job.json)")
+    record = json.loads(layout.read_bytes(job_path))
+    fingerprint = record["fingerprint"]
+    rebuild = record.get("rebuild") or {}
+    columns = rebuild.get("parquet_columns") or {}
+    plan = plan_inputs(list(inputs), storage_options, images_per_shard=int(rebuild.get("images_per_shard") or 1000),
+                       image_column=columns.get("image"), label_column=columns.get("label"),
+                       key_column=columns.get("key"))
+    shards = plan.shards
+    report = VerifyReport(shards=len(shards))
     manifests = read_all_manifests(layout)
     data_files = {p.rsplit("/", 1)[-1][: -len(".parquet")] for p in layout.list_dir(layout.tokens_dir, ".parquet")}
     names = {s.name for s in shards}
@@ -79,14 +86,15 @@ def verify_output(output: str, inputs: Iterable[str], storage_options: dict[str,
     for shard in shards:
         problems_before = sum(len(v) for v in report.problems.values())
         _verify_shard(layout, shard, manifests.get(shard.name), shard.name in data_files, fingerprint,
-                      report, storage_options, check_tars)
+                      report, storage_options, check_tars, plan.columns)
         if sum(len(v) for v in report.problems.values()) == problems_before:
             report.ok.append(shard.name)
     return report
 
 
 def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, has_data: bool,
-                  fingerprint: str, report: VerifyReport, storage_options, check_tars: bool) -> None:
+                  fingerprint: str, report: VerifyReport, storage_options, check_tars: bool,
+                  columns: Any = None) -> None:
     name = shard.name
     if manifest is None:
         if has_data:
@@ -95,7 +103,8 @@ def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, 
             report.add("missing", f"{name}: not committed")
         return
     if manifest.get("fingerprint") != fingerprint:
-        report.add("stale", f"{name}: manifest fingerprint {manifest.get('fingerprint')} is not the job's {fingerprint}")
+        report.add("stale", f"{name}: manifest of job fingerprint {manifest.get('fingerprint')}, "
+                             f"not the output's job fingerprint {fingerprint} (_job.json)")
         return
     if not has_data:
         report.add("missing", f"{name}: manifest present but tokens/{name}.parquet is gone")
@@ -128,7 +137,7 @@ def _verify_shard(layout: OutputLayout, shard, manifest: dict[str, Any] | None, 
     if not check_tars:
         return
     try:
-        count, tar_keys = count_samples(shard.url, storage_options)
+        count, tar_keys = count_shard_samples(shard, storage_options, columns)
     except (UnreadableShard, OSError) as e:
         report.add("partial", f"{name}: cannot recount the input tar: {e}")
         return

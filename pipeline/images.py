@@ -1,5 +1,8 @@
 """Images -> float tensors in a tokenizer's input convention, with an explicit resize/crop policy.
 
+Ground floor (imports no other pipeline module): sources decode with it, tokenizers preprocess
+with it, the GPU decode path shares its geometry.
+
 The resize and crop follow torchvision's PIL path (what the reference training code uses), done
 here with Pillow so no torchvision is needed: shorter side to `round(size * resize_ratio)` with
 LANCZOS, then a centre crop whose offsets are rounded like `transforms.CenterCrop`.
@@ -55,23 +58,36 @@ def to_rgb(image: Any) -> Image.Image:
     """PIL image or uint8 array (HW, HWC with 1/3/4 channels) -> RGB PIL image, EXIF-upright.
 
     Transparent pixels are composited on white (dropping alpha would expose whatever colour the
-    encoder left under it); 16-bit and float greyscale is rescaled to 8 bits rather than clipped.
+    encoder left under it). High-bit-depth greyscale is scaled by its bit depth, never by its own
+    min/max (a white 16-bit image stays white): see `to_8bit`.
     """
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        image = Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+    if image.mode in HIGH_DEPTH_FULL_SCALE or image.mode == "I":
+        image = Image.fromarray(to_8bit(np.asarray(image), image.mode), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+# Greyscale modes wider than 8 bits -> the value that means full white.
+HIGH_DEPTH_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
+
+
+def to_8bit(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Greyscale of more than 8 bits -> uint8 by bit depth: 16-bit 0..65535, float 0..1 (clipped);
+    mode "I" (32-bit ints: Pillow's 16-bit TIFF/PNM decoders use it too) is read as 16-bit when
+    every value fits 0..65535, else as 32-bit (negative values clip to black)."""
+    values = arr.astype(np.float64)
+    full = HIGH_DEPTH_FULL_SCALE.get(mode)
+    if full is None:  # "I"
+        full = 65535.0 if values.size == 0 or (values.min() >= 0 and values.max() <= 65535) else 2.0 ** 31 - 1
+    return np.round(np.clip(values, 0.0, full) * (255.0 / full)).astype(np.uint8)
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
@@ -124,15 +140,71 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop(center_crop_box(*image.size, size))
 
 
+# Centre crops of images more elongated than this are resized from the crop's source box: the
+# full shorter-side resize of a 2 000 000 x 4 image would be ~100 GiB. The bound keeps the resize
+# output of any image within EXTREME_ASPECT x round(1.125 size)^2 pixels.
+EXTREME_ASPECT = 16.0
+
+
+def is_extreme(w: int, h: int) -> bool:
+    return max(w, h) > EXTREME_ASPECT * min(w, h)
+
+
+def source_crop_box(w: int, h: int, cfg: PreprocessConfig) -> tuple[float, float, float, float]:
+    """The centre crop's box in the source image's coordinates (for Pillow's `resize(box=...)`)."""
+    rw, rh = policy_resize(w, h, cfg)
+    left, top, right, bottom = center_crop_box(rw, rh, cfg.size)
+    sx, sy = w / rw, h / rh
+    return left * sx, top * sy, right * sx, bottom * sy
+
+
 def apply_policy(image: Any, cfg: PreprocessConfig) -> np.ndarray:
-    """One image -> uint8 HWC RGB array after the resize/crop policy."""
+    """One image -> uint8 HWC RGB array after the resize/crop policy.
+
+    The default path is the reference's op order (resize, then crop), bit for bit. An extreme
+    aspect ratio (`is_extreme`) under center-crop is resized straight from the crop's source box
+    instead: same geometry, memory bounded; pixels may differ by a few levels from the (unaffordable)
+    full resize, and only such images take this path."""
     image = to_rgb(image)
+    if cfg.mode == "center-crop" and is_extreme(*image.size):
+        box = source_crop_box(*image.size, cfg)
+        return np.array(image.resize((cfg.size, cfg.size), RESAMPLE[cfg.resample], box=box), dtype=np.uint8)
     size = policy_resize(*image.size, cfg)
     if size != image.size:
         image = image.resize(size, RESAMPLE[cfg.resample])
     if cfg.mode == "center-crop":
         image = center_crop(image, cfg.size)
     return np.array(image, dtype=np.uint8)
+
+
+def random_crop_box(w: int, h: int, size: int, draw: bytes) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a size x size crop of a w x h image, placed like torchvision's
+    RandomCrop (top in [0, h - size], left in [0, w - size], uniform) from the 16 bytes `draw`
+    instead of a global RNG, so a crop is a pure function of its seed."""
+    top = int.from_bytes(draw[:8], "little") % (h - size + 1)
+    left = int.from_bytes(draw[8:16], "little") % (w - size + 1)
+    return left, top, left + size, top + size
+
+
+def policy_views(image: Any, cfg: PreprocessConfig, draws: list[bytes]) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """VAR's training transform, once per draw: (len(draws) + 1, size, size, 3) uint8 and the boxes.
+
+    View 0 is `apply_policy(image, cfg)` (the centre crop, bit for bit); view i is the random crop
+    of draw i-1 from the same resized image (shorter side to round(size * resize_ratio), LANCZOS),
+    the reference's op order. Boxes are in that resized image's coordinates. Extreme aspect ratios
+    resize each crop from its source box instead (as `apply_policy` does for the centre crop)."""
+    if cfg.mode != "center-crop":
+        raise ValueError(f"random crops need the center-crop policy, not {cfg.mode!r}")
+    image = to_rgb(image)
+    rw, rh = policy_resize(*image.size, cfg)
+    boxes = [center_crop_box(rw, rh, cfg.size)] + [random_crop_box(rw, rh, cfg.size, d) for d in draws]
+    if is_extreme(*image.size):
+        sx, sy = image.size[0] / rw, image.size[1] / rh
+        views = [np.array(image.resize((cfg.size, cfg.size), RESAMPLE[cfg.resample],
+                                       box=(l * sx, t * sy, r * sx, b * sy)), dtype=np.uint8) for l, t, r, b in boxes]
+        return np.stack(views), boxes
+    resized = image if (rw, rh) == image.size else image.resize((rw, rh), RESAMPLE[cfg.resample])
+    return np.stack([np.array(resized.crop(box), dtype=np.uint8) for box in boxes]), boxes
 
 
 def unit_to_range(x: torch.Tensor, input_range: tuple[float, float]) -> torch.Tensor:
