@@ -20,7 +20,7 @@ from pipeline.runner.config import JobSpec, TokenizeConfig
 from pipeline.runner.output import (CLASSES_RECORD, OutputConflict, claim_output, record_run_config,  # noqa: F401
                                     record_stats, write_if_changed)
 from pipeline.runner.preflight import check_inputs, check_output
-from pipeline.runner.progress import ImageCounter, ProgressBar, format_summary
+from pipeline.runner.progress import ImageCounter, ProgressBar, format_summary, plural
 from pipeline.runner.scheduler import ScheduleOutcome, ShardScheduler
 from pipeline.runner.stats import build_stats
 from pipeline.secrets import redact_url
@@ -90,7 +90,7 @@ def run_tokenize(cfg: TokenizeConfig, on_scheduler: Callable[[ShardScheduler], N
         write_if_changed(layout, CLASSES_RECORD, json.dumps({"classes": list(spec.class_names)}, indent=0).encode())
     plan = plan_resume(layout, shards, spec.fingerprint)
     repaired, lost = repair_unpublished(layout, plan.unpublished) if plan.unpublished else ([], [])
-    log(f"{len(shards)} shards: {plan.done + len(repaired)} already committed, {len(plan.todo)} to do"
+    log(f"{plural(len(shards), 'shard')}: {plan.done + len(repaired)} already committed, {len(plan.todo)} to do"
         + (f", {len(repaired)} committed earlier and published now" if repaired else "")
         + f"; tokenizer {spec.tokenizer} (tokenizer fingerprint {spec.tokenizer_fingerprint}), "
           f"job fingerprint {spec.fingerprint}; output {redact_url(cfg.output)}")
@@ -103,7 +103,7 @@ def run_tokenize(cfg: TokenizeConfig, on_scheduler: Callable[[ShardScheduler], N
     cleaned = clean_attempts(layout, spec.fingerprint) + layout.clean_tmp()
     stats = build_stats(shards, iter_manifests(layout), spec.fingerprint, outcome,
                         time.perf_counter() - start, skipped=plan.done, repaired=len(repaired), cleaned=cleaned)
-    stats = record_stats(layout, stats)
+    stats = record_stats(layout, stats, spec.run_id)
     print(format_summary(stats), flush=True)
     return 1 if stats["failed_shards"] or stats["missing_shards"] else 0
 
@@ -120,7 +120,7 @@ def _run_pool(cfg: TokenizeConfig, spec: JobSpec, todo: list, on_scheduler) -> S
     try:
         num_actors, gpus = pool_size(cfg, len(todo))
         batch = f"auto (<= {spec.max_batch_size}, measured per actor)" if spec.auto_batch else spec.batch_size
-        log(f"{num_actors} actors x ({cfg.cpus_per_actor} CPU, {gpus} GPU), batch {batch}, "
+        log(f"{plural(num_actors, 'actor')} x ({cfg.cpus_per_actor:g} CPU, {gpus:g} GPU), batch {batch}, "
             f"{cfg.shards_per_actor} shards in flight per actor")
         counter = ray.remote(num_cpus=0)(ImageCounter).remote()
         bar = ProgressBar(len(todo), enabled=cfg.progress)

@@ -11,6 +11,8 @@
   OUT/_stats.json    totals over the committed set, and the history of runs: every run adds an
                      entry (a rerun that found nothing to do says so), and `last_working_run` is the
                      last run that committed shards (what the report shows).
+  OUT/_runs/         one record per run (`<finished at>-<run id>.json`), the history's source:
+                     two jobs finishing at once each keep their entry.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.sinks.manifest import INPUTS_RECORD, JOB_RECORD
 from pipeline.sinks.writer import OutputLayout
 
 STATS_RECORD = "_stats.json"
+RUNS_DIR = "_runs"                  # one record per run: _stats.json's history is built from them
 CLASSES_RECORD = "classes.json"     # {"classes": [...]}: label i is classes[i] (class-folder / ClassLabel inputs)
 CONFIG_RECORD = "config.yaml"
 MAX_RUNS_KEPT = 200
@@ -85,6 +88,7 @@ def claim_output(layout: OutputLayout, spec: JobSpec, overwrite: bool) -> bool:
             layout.remove(path, recursive=True)
         for name in (JOB_RECORD, STATS_RECORD, INPUTS_RECORD):
             layout.remove(layout.join(name))
+        layout.remove(layout.join(RUNS_DIR), recursive=True)
         previous = None
     layout.makedirs()
     if previous is not None:
@@ -116,19 +120,27 @@ def record_run_config(layout: OutputLayout, cfg: TokenizeConfig, shard_names: li
     write_if_changed(layout, INPUTS_RECORD, json.dumps({"shards": shard_names}, indent=0).encode())
 
 
-def record_stats(layout: OutputLayout, stats: dict[str, Any]) -> dict[str, Any]:
-    """Append this run to the history in _stats.json and write it; returns what was written.
+def record_stats(layout: OutputLayout, stats: dict[str, Any], run_id: str = "") -> dict[str, Any]:
+    """Record this run in OUT/_runs/ (one file per run, so concurrent jobs never lose each other's
+    entry) and write _stats.json with the history; returns what was written.
     `stats["this_run"]` is this invocation; `last_working_run` the last one that committed shards."""
-    previous = _read_json(layout, STATS_RECORD) or {}
     run = dict(stats["this_run"])
     run["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    run["run_id"] = run_id
     run["did_work"] = bool(run.get("shards_committed") or run.get("shards_repaired"))
     if not run["did_work"]:
         run["note"] = "nothing to do: every input shard was already committed" if not stats.get("missing_shards") \
             and not stats.get("failed_shards") else "no shard was committed in this run"
-    history = [r for r in previous.get("runs", []) if isinstance(r, dict)][-(MAX_RUNS_KEPT - 1):] + [run]
-    stats = dict(stats, this_run=run, runs=history)
-    working = [r for r in history if r.get("did_work")]
-    stats["last_working_run"] = working[-1] if working else None
-    layout.put(layout.join(STATS_RECORD), json.dumps(stats, indent=1, sort_keys=True).encode())
-    return stats
+    name = f"{run['finished_at'].replace(':', '')}-{run_id or 'run'}.json"
+    layout.put(layout.join(RUNS_DIR, name), json.dumps(run, indent=1, sort_keys=True).encode())
+    seen: list[str] | None = None
+    while True:  # rewrite while another job's run appeared in between (their entries are never lost)
+        names = [p.rsplit("/", 1)[-1] for p in layout.list_dir(layout.join(RUNS_DIR), ".json")]
+        if names == seen:
+            return stats
+        seen = names
+        history = [_read_json(layout, f"{RUNS_DIR}/{n}") for n in names[-MAX_RUNS_KEPT:]]
+        history = [r for r in history if isinstance(r, dict)]
+        working = [r for r in history if r.get("did_work")]
+        stats = dict(stats, this_run=run, runs=history, last_working_run=working[-1] if working else None)
+        layout.put(layout.join(STATS_RECORD), json.dumps(stats, indent=1, sort_keys=True).encode())

@@ -141,6 +141,7 @@ class OutputLayout:
     def put(self, path: str, data: bytes) -> None:
         """Whole-object write that a reader never sees half done: local temp + rename, or one PUT."""
         if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             os.replace(self._write_temp(path, data), path)
         else:
             self.fs.pipe_file(path, data)

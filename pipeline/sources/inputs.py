@@ -18,7 +18,8 @@ from pipeline.sources.folders import (DEFAULT_IMAGES_PER_SHARD, IMAGE_FOLDER_EXT
                                       iter_folder_samples, list_folder)
 from pipeline.sources.image_parquet import (ParquetColumns, class_names, iter_parquet_samples, read_parquet_schema,
                                             resolve_columns)
-from pipeline.sources.listing import GLOB_CHARS, Shard, expand_shards, split_patterns
+from pipeline.sources.listing import (GLOB_CHARS, PARQUET_SUFFIX, TAR_SUFFIXES, Shard, expand_shards,
+                                      split_patterns)
 from pipeline.sources.tar_stream import DEFAULT_MAX_MEMBER_BYTES, RawSample, iter_samples
 
 
@@ -41,7 +42,8 @@ class InputPlan:
         if self.columns is not None:
             extra += (f", image column {self.columns.image!r}, label {self.columns.label!r}, "
                       f"key {self.columns.key or ('image path' if self.columns.image_is_struct else 'row index')!r}")
-        return f"{len(self.shards)} shards of {text}{extra}"
+        count = f"{len(self.shards)} shard{'' if len(self.shards) == 1 else 's'}"
+        return f"{count} of {text}{extra}"
 
 
 def plan_inputs(patterns: str | Iterable[str], storage_options: dict[str, Any] | None = None, *,
@@ -50,6 +52,11 @@ def plan_inputs(patterns: str | Iterable[str], storage_options: dict[str, Any] |
     items = split_patterns(patterns)
     if len(items) == 1 and _is_directory(items[0], storage_options):
         listing = list_folder(items[0], storage_options)
+        shard_files = [f for f in listing.ignored_examples if f.endswith((*TAR_SUFFIXES, PARQUET_SUFFIX))]
+        if not listing.images and shard_files:
+            ext = next(s for s in (*TAR_SUFFIXES, PARQUET_SUFFIX) if shard_files[0].endswith(s))
+            raise ValueError(f"input {items[0]} is a directory of shard files, not of images: give a pattern "
+                             f"such as {items[0].rstrip('/')}/*{ext}")
         if not listing.images:
             raise ValueError(f"input {items[0]}: no images found (extensions {', '.join(IMAGE_FOLDER_EXTENSIONS)}; "
                              f"{listing.ignored} other files)")

@@ -111,7 +111,7 @@ def test_report_numbers_are_the_jobs(job_output, report):
     page = Page()
     page.feed(report.read_text())
     assert page.headings == ["Job", "Throughput", "Codebook usage per scale", "Failures",
-                             "Input vs reconstruction at each scale"]
+                             "Input vs reconstruction at each scale", "Reconstruction audit"]
 
 
 def test_report_refuses_a_directory_without_tokenize_output(tmp_path, capsys):
