@@ -158,7 +158,7 @@ def driver_memory(count: int) -> dict[str, Any]:
 
     def finished() -> dict[str, ShardResult]:  # what ScheduleOutcome.results keeps per shard
         return {shard_name(i): ShardResult(
-            shard=shard_name(i), ok=True, created=True, commit="created", rows=1000, samples=1000,
+            shard=shard_name(i), ok=True, commit="created", rows=1000, samples=1000,
             images_ok=1000, status_counts={"ok": 998, "decode_error": 2}, duration_s=1.2, encode_s=0.6,
             worker={"pid": 1234, "host": "gpu-node-17", "node": "0" * 56, "device": "cuda", "batch_size": 256})
             for i in range(finished_count)}

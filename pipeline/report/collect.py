@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline.io import filesystem_for
 from pipeline.sinks.arrow_io import read_schema, read_table
-from pipeline.sinks.manifest import is_job_output, perplexity, read_all_manifests, read_committed_set
+from pipeline.sinks.codebook import perplexity
+from pipeline.sinks.manifest import is_job_output, read_all_manifests, read_committed_set
 from pipeline.sinks.schema import decode_metadata
 from pipeline.sinks.writer import OutputLayout
 

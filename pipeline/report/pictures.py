@@ -70,10 +70,11 @@ def _input_images(job: JobOutput, rows: list[dict[str, Any]], storage_options: d
     for row in rows:
         wanted.setdefault(row["shard"], set()).add(row["key"])
     try:
-        shards = job_input_shards(job.layout, read_job_record(job.layout), None, storage_options)
+        record = read_job_record(job.layout)
+        shards = job_input_shards(job.layout, record, None, storage_options)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise PictureUnavailable(f"cannot tell where the input images are: {e}") from e
-    columns = (read_job_record(job.layout).get("rebuild") or {}).get("parquet_columns")
+    columns = (record.get("rebuild") or {}).get("parquet_columns")
     found = {}
     for name, keys in wanted.items():
         if name not in shards:

@@ -13,7 +13,6 @@ the same image).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +22,14 @@ import yaml
 from pipeline.runner.build import build_tokenizer
 from pipeline.runner.config import JobSpec
 from pipeline.runner.encode_batch import encode_batch
+from pipeline.runner.recon_audit import seeded_u64
 from pipeline.runner.shard_task import batched, prepare_sample
 from pipeline.sinks.arrow_io import read_table
 from pipeline.sinks.manifest import read_committed_set
 from pipeline.sinks.schema import ORIGINAL_VARIANT
 from pipeline.sinks.writer import OutputLayout
-from pipeline.sources.inputs import iter_shard_samples, plan_inputs
+from pipeline.runner.output import replan_inputs
+from pipeline.sources.inputs import iter_shard_samples
 from pipeline.sources.listing import Shard
 
 AUDIT_BATCH = 16
@@ -74,8 +75,7 @@ class AuditReport:
 
 
 def sampled(seed: int, shard: str, key: str, fraction: float) -> bool:
-    digest = hashlib.sha256(f"{seed}\0{shard}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") < fraction * 2 ** 64
+    return seeded_u64(seed, shard, key) < fraction * 2 ** 64
 
 
 def spec_from_record(record: dict[str, Any], output: str, storage_options: dict[str, Any] | None) -> JobSpec:
@@ -123,7 +123,7 @@ def reencode_audit(output: str, fraction: float, storage_options: dict[str, Any]
 
 
 def job_input_shards(layout: OutputLayout, record: dict[str, Any], inputs: list[str] | None,
-                  storage_options: dict[str, Any] | None) -> dict[str, Shard]:
+                     storage_options: dict[str, Any] | None) -> dict[str, Shard]:
     """The job's shards by name, planned as the job planned them (recorded images per shard and
     Parquet columns)."""
     if not inputs:
@@ -133,12 +133,7 @@ def job_input_shards(layout: OutputLayout, record: dict[str, Any], inputs: list[
             inputs = None
     if not inputs:
         raise ValueError(f"{layout.url} records no input patterns; pass --input")
-    rebuild = record.get("rebuild") or {}
-    columns = rebuild.get("parquet_columns") or {}
-    plan = plan_inputs(inputs, storage_options, images_per_shard=int(rebuild.get("images_per_shard") or 1000),
-                       image_column=columns.get("image"), label_column=columns.get("label"),
-                       key_column=columns.get("key"))
-    return {s.name: s for s in plan.shards}
+    return {s.name: s for s in replan_inputs(record, inputs, storage_options).shards}
 
 
 def _sampled_rows(layout: OutputLayout, shard: str, fraction: float, seed: int) -> dict[str, tuple[np.ndarray, list[int]]]:

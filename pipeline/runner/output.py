@@ -25,8 +25,10 @@ import yaml
 
 from pipeline.config import recorded_dict
 from pipeline.runner.config import JobSpec, TokenizeConfig
-from pipeline.sinks.manifest import INPUTS_RECORD, JOB_RECORD
+from pipeline.sinks.manifest import INPUTS_RECORD, JOB_RECORD, manifest_fingerprints
 from pipeline.sinks.writer import OutputLayout
+from pipeline.sources.folders import DEFAULT_IMAGES_PER_SHARD
+from pipeline.sources.inputs import InputPlan, plan_inputs
 
 STATS_RECORD = "_stats.json"
 RUNS_DIR = "_runs"                  # one record per run: _stats.json's history is built from them
@@ -55,6 +57,17 @@ def job_record(spec: JobSpec) -> dict[str, Any]:
                         "images_per_shard": spec.images_per_shard}}
 
 
+def replan_inputs(record: dict[str, Any], inputs: list[str], storage_options: dict[str, Any] | None) -> InputPlan:
+    """`inputs` planned as the job of `record` (its _job.json) planned them: the same images per
+    virtual shard and Parquet columns, so shard names and keys match the output's."""
+    rebuild = record.get("rebuild") or {}
+    columns = rebuild.get("parquet_columns") or {}
+    return plan_inputs(list(inputs), storage_options,
+                       images_per_shard=int(rebuild.get("images_per_shard") or DEFAULT_IMAGES_PER_SHARD),
+                       image_column=columns.get("image"), label_column=columns.get("label"),
+                       key_column=columns.get("key"))
+
+
 def _read_json(layout: OutputLayout, name: str) -> dict[str, Any] | None:
     try:
         return json.loads(layout.read_bytes(layout.join(name)))
@@ -75,8 +88,6 @@ def _conflict(layout: OutputLayout, spec: JobSpec, previous: dict[str, Any]) -> 
 def claim_output(layout: OutputLayout, spec: JobSpec, overwrite: bool) -> bool:
     """Make this job the owner of the output (or find it already is). Returns True when this call
     created _job.json. Refuses another job's output unless `overwrite` (which clears it first)."""
-    from pipeline.sinks.manifest import manifest_fingerprints
-
     previous = _read_json(layout, JOB_RECORD)
     foreign = previous is not None and previous.get("fingerprint") != spec.fingerprint
     if previous is None:  # an output from before _job.json, or a half-cleared one

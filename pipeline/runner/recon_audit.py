@@ -28,13 +28,15 @@ from pipeline.tokenizers.base import Tokenizer
 WORST_KEPT = 8   # rows named in _stats.json (and shown in the report) per job
 
 
-def _draw(seed: int, shard: str, key: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"recon\0{seed}\0{shard}\0{key}".encode()).digest()[:8], "big")
+def seeded_u64(*parts: object) -> int:
+    """A 64-bit draw that depends only on `parts` (seed, shard, key, ...): rows are sampled the
+    same whatever the actors, their number or the order shards are read in."""
+    return int.from_bytes(hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
 def audited_scale(seed: int, shard: str, key: str, fraction: float, num_scales: int) -> int | None:
     """The number of scales (1..num_scales) to decode this row at, or None when it is not audited."""
-    draw = _draw(seed, shard, key)
+    draw = seeded_u64("recon", seed, shard, key)
     if fraction <= 0 or draw >= fraction * 2 ** 64:
         return None
     return 1 + (draw // 7919) % max(1, num_scales)

@@ -53,7 +53,6 @@ class ShardResult:
     shard: str
     ok: bool
     error: str | None = None
-    created: bool = False          # this attempt created the manifest (False: already committed)
     commit: str = ""               # manifest.CREATED / COMMITTED_SAME / COMMITTED_OTHER (other bytes won)
     rows: int = 0
     samples: int = 0
@@ -71,6 +70,11 @@ class ShardResult:
     device_decode_s: float = 0.0   # --gpu-decode: the batched device decode + policy (encoder held)
     audit_s: float = 0.0           # --audit-fraction: decoding the sampled rows (encoder held)
     worker: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def created(self) -> bool:
+        """This attempt created the manifest (False: the shard was committed by another attempt)."""
+        return self.commit == CREATED
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -319,7 +323,7 @@ def write_and_commit(shard: Shard, encoded: EncodedShard, spec: JobSpec, layout:
         attempt_id=layout.new_attempt_id(), worker=worker,
         labels=label_summary(row.label for row in originals if row.status == "ok"), audit=encoded.audit)
     outcome = commit_shard(layout, shard.name, data, manifest, on_step=on_step)
-    return ShardResult(shard=shard.name, ok=True, created=outcome == CREATED, commit=outcome,
+    return ShardResult(shard=shard.name, ok=True, commit=outcome,
                        rows=len(encoded.rows), samples=encoded.samples, images_ok=counts.get("ok", 0),
                        status_counts=counts, duration_s=time.perf_counter() - encoded.started,
                        read_s=encoded.read_s, decode_s=encoded.decode_s, write_s=time.perf_counter() - t_write,

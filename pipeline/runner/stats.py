@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.runner.recon_audit import AuditFold
 from pipeline.runner.scheduler import ScheduleOutcome
-from pipeline.sinks.manifest import histogram_from_summary, perplexity
+from pipeline.sinks.codebook import histogram_from_summary, perplexity
 from pipeline.sources.listing import Shard
 
 

@@ -26,7 +26,8 @@ from pipeline.sinks.arrow_io import parquet_from_bytes
 from pipeline.sinks.manifest import read_all_manifests
 from pipeline.sinks.schema import ORIGINAL_VARIANT, decode_metadata
 from pipeline.sinks.writer import OutputLayout
-from pipeline.sources.inputs import count_shard_samples, plan_inputs
+from pipeline.runner.output import replan_inputs
+from pipeline.sources.inputs import count_shard_samples
 from pipeline.sources.tar_stream import UnreadableShard
 
 PROBLEM_KINDS = ("missing", "partial", "stale", "orphan", "duplicate")
@@ -69,11 +70,7 @@ def verify_output(output: str, inputs: Iterable[str], storage_options: dict[str,
         raise ValueError(f"output {output} is not a tokenize output (no _job.json)")
     record = json.loads(layout.read_bytes(job_path))
     fingerprint = record["fingerprint"]
-    rebuild = record.get("rebuild") or {}
-    columns = rebuild.get("parquet_columns") or {}
-    plan = plan_inputs(list(inputs), storage_options, images_per_shard=int(rebuild.get("images_per_shard") or 1000),
-                       image_column=columns.get("image"), label_column=columns.get("label"),
-                       key_column=columns.get("key"))
+    plan = replan_inputs(record, list(inputs), storage_options)
     shards = plan.shards
     report = VerifyReport(shards=len(shards))
     manifests = read_all_manifests(layout)

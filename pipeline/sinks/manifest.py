@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from pipeline.sinks.codebook import histogram_from_summary, histogram_summary, perplexity  # noqa: F401 (re-export)
-from pipeline.sinks.writer import ATTEMPT_SEPARATOR, OutputLayout
+from pipeline.sinks.codebook import histogram_summary
+from pipeline.sinks.writer import ATTEMPT_SEPARATOR, OutputLayout, attempt_file
 
 MANIFEST_VERSION = 2
 JOB_RECORD = "_job.json"
@@ -75,7 +75,7 @@ def build_manifest(*, shard: str, input_url: str, data: bytes, rows: int, status
         "shard": shard,
         "input": input_url,
         "data_file": f"tokens/{shard}.parquet",
-        "attempt_file": f"_attempts/{shard}{ATTEMPT_SEPARATOR}{attempt_id}.parquet",
+        "attempt_file": attempt_file(shard, attempt_id),
         "attempt_id": attempt_id,
         "fingerprint": fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint,
@@ -192,12 +192,8 @@ def _parse(raw: Any) -> dict[str, Any]:
 
 def read_all_manifests(layout: OutputLayout, names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     """shard name -> manifest, for every manifest in the output or those of `names` (fetched
-    concurrently on object stores)."""
-    by_name = _manifest_paths(layout, names)
-    if not by_name:
-        return {}
-    contents = layout.fs.cat(list(by_name.values()), on_error="return")
-    return {name: _parse(contents.get(path)) for name, path in by_name.items()}
+    concurrently on object stores); `iter_manifests` when they need not all be held at once."""
+    return dict(iter_manifests(layout, names))
 
 
 def iter_manifests(layout: OutputLayout, names: Iterable[str] | None = None,

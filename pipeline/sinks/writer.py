@@ -49,6 +49,12 @@ SMALL_TOKENS_LEVEL = 16
 SMALL_TOKENS_BYTES = 1 << 20  # the column's plain size (4 bytes a code) up to which level 16 is used
 
 
+def attempt_file(shard: str, attempt_id: str) -> str:
+    """Where one attempt writes its data (relative to OUT) before the commit decides whose data is
+    the shard's; `manifest.parse_attempt_name` reads the name back."""
+    return f"_attempts/{shard}{ATTEMPT_SEPARATOR}{attempt_id}.parquet"
+
+
 def write_options(table: pa.Table) -> dict[str, Any]:
     """The writer settings for `table`: WRITE_OPTIONS, and for an integer tokens column whose
     dictionary would not pay, BYTE_STREAM_SPLIT. A pure function of the rows: same rows, same bytes."""
@@ -124,10 +130,6 @@ class OutputLayout:
 
     def manifest_path(self, shard: str) -> str:
         return self.join("_manifest", f"{shard}.json")
-
-    def attempt_path(self, shard: str, attempt_id: str) -> str:
-        """Where one attempt writes its data before the commit decides whose data is the shard's."""
-        return self.join("_attempts", f"{shard}{ATTEMPT_SEPARATOR}{attempt_id}.parquet")
 
     def new_attempt_id(self) -> str:
         return f"{self.run_id or 'run'}-{uuid.uuid4().hex[:12]}"

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from pipeline.io import filesystem_for, is_local, join_url
 from pipeline.sources.listing import Shard
-from pipeline.sources.tar_stream import Member, RawSample, escape_name
+from pipeline.sources.tar_stream import Member, RawSample, escape_name, flag_duplicate
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMAGE_FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -134,11 +134,7 @@ def iter_folder_samples(shard: Shard, storage_options: dict[str, Any] | None,
                 sample.members[name] = Member(rel, None, skipped=f"file is over the limit of {max_member_bytes} bytes")
             else:
                 sample.members[name] = Member(rel, data)
-            if sample.key in seen and sample.status is None:
-                sample.status = "duplicate_key"
-                sample.error = f"key {sample.key!r} already appeared as sample #{seen[sample.key]} of this shard"
-            seen.setdefault(sample.key, index)
-            yield sample
+            yield flag_duplicate(sample, seen)
 
 
 def _read(fs: Any, root: str, rels: tuple[str, ...], limit: int) -> list[bytes | None | Exception]:

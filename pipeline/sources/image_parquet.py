@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import filesystem_for
-from pipeline.sources.tar_stream import Member, RawSample, escape_name
+from pipeline.sources.tar_stream import Member, RawSample, escape_name, flag_duplicate
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
 LABEL_COLUMNS = ("label", "labels", "cls", "class", "fine_label", "class_id")
@@ -120,13 +120,8 @@ def iter_parquet_samples(url: str, storage_options: dict[str, Any] | None, colum
         reader = pq.ParquetFile(f)
         for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, columns=sorted(set(wanted)), use_threads=False):
             for row in batch.to_pylist():
-                sample = _sample(row, index, columns, max_member_bytes, keys_only)
-                if sample.key in seen and sample.status is None:
-                    sample.status = "duplicate_key"
-                    sample.error = f"key {sample.key!r} already appeared as sample #{seen[sample.key]} of this shard"
-                seen.setdefault(sample.key, index)
+                yield flag_duplicate(_sample(row, index, columns, max_member_bytes, keys_only), seen)
                 index += 1
-                yield sample
 
 
 def _sample(row: dict[str, Any], index: int, columns: ParquetColumns, limit: int, keys_only: bool) -> RawSample:

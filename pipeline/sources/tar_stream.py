@@ -178,6 +178,17 @@ def _check_end(tar: tarfile.TarFile) -> TarProblem | None:
         return TarProblem("truncated_tar", f"{type(e).__name__}: {e}", offset=tar.offset)
 
 
+def flag_duplicate(sample: RawSample, seen: dict[str, int]) -> RawSample:
+    """A key already seen in the shard gets `duplicate_key` (unless the sample already has a
+    status); `seen` maps each first-seen key to its sample index. Every layout's reader uses it."""
+    if sample.key not in seen:
+        seen[sample.key] = sample.index
+    elif sample.status is None:
+        sample.status = "duplicate_key"
+        sample.error = f"key {sample.key!r} already appeared as sample #{seen[sample.key]} of this shard"
+    return sample
+
+
 def group_samples(members: Iterator[Member | TarProblem]) -> Iterator[RawSample]:
     """Adjacent members with one key form a sample; duplicates and damage become flagged samples."""
     seen: dict[str, int] = {}
@@ -188,11 +199,7 @@ def group_samples(members: Iterator[Member | TarProblem]) -> Iterator[RawSample]
         nonlocal index
         sample = RawSample(key=key, index=index)
         index += 1
-        if key in seen:
-            sample.status = "duplicate_key"
-            sample.error = f"key {key!r} already appeared as sample #{seen[key]} of this shard"
-        else:
-            seen[key] = sample.index
+        flag_duplicate(sample, seen)
         return sample
 
     for item in members:
@@ -237,5 +244,5 @@ def count_samples(url: str, storage_options: dict[str, Any] | None = None) -> tu
     return len(keys), keys
 
 
-__all__ = ["Member", "RawSample", "TarProblem", "UnreadableShard", "count_samples", "escape_name",
+__all__ = ["Member", "RawSample", "TarProblem", "UnreadableShard", "count_samples", "escape_name", "flag_duplicate",
            "group_samples", "iter_members", "iter_samples", "open_shard", "split_key", "unescape_name"]
