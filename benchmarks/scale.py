@@ -47,7 +47,8 @@ from pipeline.runner.config import TokenizeConfig  # noqa: E402
 from pipeline.runner.job import run_tokenize  # noqa: E402
 from pipeline.runner.shard_task import ShardResult  # noqa: E402
 from pipeline.runner.stats import build_stats  # noqa: E402
-from pipeline.sinks.manifest import iter_manifests, plan_resume, published_names, read_all_manifests  # noqa: E402
+from pipeline.sinks.manifest import iter_manifests, published_names, read_all_manifests  # noqa: E402
+from pipeline.sinks.resume import plan_resume  # noqa: E402
 from pipeline.sinks.writer import OutputLayout  # noqa: E402
 from pipeline.sources.listing import expand_shards  # noqa: E402
 

@@ -2,6 +2,9 @@
 about a tokenize output (throughput per actor, codebook usage and perplexity per scale, failures
 by kind, input vs reconstruction at each scale) and, with --run, a training run (loss/accuracy
 curves, samples). Writes OUT/report.html and OUT/report/*.png.
+
+A committed data file whose bytes differ from its manifest fails the report (exit 1, one line
+naming the file): a report over changed tokens would show numbers nobody encoded.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import yaml
 
 from pipeline.cli import job_main
-from pipeline.errors import checking_inputs
+from pipeline.errors import JobFailed, checking_inputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,11 +43,15 @@ def parse_storage_options(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.report import build_report
+    from pipeline.sinks.integrity import DamagedDataError
 
     with checking_inputs():
-        path = build_report(args.out, run_dir=args.run, reconstructions=args.reconstructions,
-                            checkpoint=args.checkpoint, sample_images=args.samples,
-                            storage_options=parse_storage_options(args.storage_options))
+        try:
+            path = build_report(args.out, run_dir=args.run, reconstructions=args.reconstructions,
+                                checkpoint=args.checkpoint, sample_images=args.samples,
+                                storage_options=parse_storage_options(args.storage_options))
+        except DamagedDataError as e:  # a ValueError, but not the user's input to fix (exit 1)
+            raise JobFailed(str(e)) from e
     print(f"report: {path}")
     return 0
 

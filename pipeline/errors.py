@@ -21,6 +21,10 @@ FAILED_EXIT = 1
 # Longest message printed without --debug: a checkpoint mismatch can list hundreds of keys.
 MAX_MESSAGE_CHARS = 600
 
+# Where a store's give-up line travels inside an error: an attribute of the exception, or a key of
+# a botocore ClientError's response["Error"] (pipeline/s3_store.py puts it there).
+GIVE_UP_KEY = "ScaletokGiveUp"
+
 # Errors that, raised while a job reads its command line, configs and inputs, mean bad input.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -54,10 +58,30 @@ def exit_code(exc: BaseException) -> int:
     return int(getattr(exc, "exit_code", FAILED_EXIT))
 
 
+def give_up_of(exc: BaseException | None) -> str | None:
+    """The give-up line a store's retry policy attached to `exc` or to anything in its
+    cause/context chain (s3fs turns the botocore error into an OSError whose cause it is)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        line = getattr(exc, GIVE_UP_KEY, None)
+        response = getattr(exc, "response", None)
+        if line is None and isinstance(response, dict):
+            line = (response.get("Error") or {}).get(GIVE_UP_KEY)
+        if line:
+            return line
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def one_line(exc: BaseException) -> str:
     """The error's message on one line: whitespace collapsed, KeyError's repr quotes dropped, an
-    OSError as "reason: path", an empty message as the type's name, very long ones shortened."""
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+    OSError as "reason: path", an empty message as the type's name, very long ones shortened;
+    a store's give-up (retries exhausted) as its own line, which names store and operation."""
+    give_up = give_up_of(exc)
+    if give_up:
+        text = give_up
+    elif isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]  # str(KeyError("x")) is "'x'"
     elif isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.strerror}: {exc.filename}"

@@ -1,5 +1,5 @@
 """The one filesystem helper every URL in the project goes through (ground floor: imports no
-other pipeline module). A URL is a local path, `file://`, `s3://`, `https://` or any fsspec URL.
+other pipeline module but pipeline/s3_store.py, the S3 retry policy). A URL is a local path, `file://`, `s3://`, `https://` or any fsspec URL.
 
 Storage options (credentials, endpoints) go to remote filesystems only: a local path never
 receives S3 keys. HTTP(S) URLs may carry a query string (a pre-signed URL's signature); it is
@@ -14,6 +14,7 @@ from typing import Any
 import fsspec
 
 LOCAL_PROTOCOLS = ("file", "local")
+S3_PROTOCOLS = ("s3", "s3a")
 QUERY_PROTOCOLS = ("http", "https")  # URLs whose "?..." is a query string (e.g. a signature)
 
 
@@ -35,6 +36,13 @@ def filesystem_for(url: str, storage_options: dict[str, Any] | None = None):
     """(fsspec filesystem, path inside it) for a URL or local path; local paths are made absolute."""
     if is_local(url):
         url = os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+    if protocol_of(url) in S3_PROTOCOLS:
+        # Our retry policy and give-up messages (pipeline/s3_store.py); imported here so that
+        # local-only jobs never load botocore.
+        from pipeline.s3_store import RetryingS3FileSystem
+
+        fs = RetryingS3FileSystem(**options_for(url, storage_options))
+        return fs, fs._strip_protocol(url)
     fs, path = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
     return fs, path
 

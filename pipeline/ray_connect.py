@@ -11,16 +11,25 @@ run. So the local Ray's GCS gets a port chosen here, and RAY_ADDRESS names it in
 its processes inherit: the raylet is started inside `ray.init` and passes its environment on to
 every worker. The driver's own environment is restored afterwards, so that nothing this process
 starts later (a subprocess, the next job after `ray.shutdown()`) is sent to a Ray that is gone.
+
+A local Ray started here belongs to this driver alone, so it must not outlive it: Ray's own
+fate-sharing stops short of the raylet's agents, which linger for a minute after `kill -9` of the
+driver. A watchdog (pipeline/ray_watchdog.py) ends them. A cluster joined by address is never
+watched: it is not this driver's to stop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from typing import Any, Iterator
 
+from pipeline import ray_watchdog
 from pipeline.secrets import scrub_argv
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_address(address: str | None) -> str:
@@ -40,7 +49,23 @@ def init_ray(address: str | None, **kwargs: Any) -> bool:
         return True
     with _local_ray_announced(kwargs.get("_node_ip_address")):
         ray.init(address="local", **kwargs)
+    _watch_local_ray()
     return True
+
+
+def _watch_local_ray() -> None:
+    """The watchdog of the local Ray just started (module docstring). Without it the job runs as
+    before, so a Ray whose internals moved only costs the clean-up after a killed driver."""
+    import ray
+
+    try:
+        from ray._private import ray_constants
+
+        node = ray._private.worker._global_node
+        gcs_pid = node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process.pid
+        ray_watchdog.start(node.get_session_dir_path(), gcs_pid, os.path.dirname(ray.__file__))
+    except (ImportError, AttributeError, KeyError, IndexError, OSError) as e:
+        logger.warning("no watchdog for the local Ray (it may outlive a killed driver): %r", e)
 
 
 @contextlib.contextmanager

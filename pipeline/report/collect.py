@@ -1,6 +1,13 @@
 """Read what the tokenize job wrote (manifests, _stats.json, Parquet) into plain numbers.
 
 Nothing here draws or decodes: every function returns data the figures and the page use.
+
+Damaged data files fail the report, not one of its sections. The page turns any error of a
+section into a note, so the data files the sections read whole (the first SCAN_ROWS ok rows for
+the codebook and the reconstructions, the audit's worst rows) are fetched and checked against their
+manifests (size, sha256; pipeline/sinks/integrity.py) here, when the output is loaded, and kept for
+the sections (`data_file`): a damaged one raises integrity.DamagedDataError before any section
+runs. A truncated file anywhere in the output is found by the listing's sizes.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from pipeline.io import filesystem_for
-from pipeline.sinks.arrow_io import read_schema, read_table
+from pipeline.sinks.arrow_io import open_parquet, parquet_from_bytes, read_schema
 from pipeline.sinks.codebook import perplexity
-from pipeline.sinks.manifest import is_job_output, read_all_manifests, read_committed_set
+from pipeline.sinks.integrity import check_data, check_size, is_checkable
+from pipeline.sinks.manifest import is_job_output, read_all_manifests, read_committed_set, shard_of_path
 from pipeline.sinks.schema import decode_metadata
 from pipeline.sinks.writer import OutputLayout
 
@@ -31,6 +40,12 @@ class JobOutput:
     stats: dict[str, Any] | None
     data_files: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)   # scaletok.* of the first data file
+    # Data files fetched whole and checked at load (what the sections read; module doc).
+    fetched: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+
+# Ok rows the codebook section reads (scale_usage's max_rows), so fetched and checked at load.
+SCAN_ROWS = 50_000
 
 
 @dataclass
@@ -74,11 +89,67 @@ def load_job_output(url: str, storage_options: dict[str, Any] | None = None) -> 
     stats = None
     if layout.fs.exists(layout.join("_stats.json")):
         stats = json.loads(layout.read_bytes(layout.join("_stats.json")))
+    check_listed_sizes(layout, manifests, data_files)
     metadata = {}
     if data_files:
         metadata = decode_metadata(read_schema(layout.fs, data_files[0]))
-    return JobOutput(url=url, layout=layout, manifests=manifests, commit_times=_commit_times(layout, manifests),
-                     stats=stats, data_files=data_files, metadata=metadata)
+    job = JobOutput(url=url, layout=layout, manifests=manifests, commit_times=_commit_times(layout, manifests),
+                    stats=stats, data_files=data_files, metadata=metadata)
+    for path in files_read_whole(job):
+        job.fetched[path] = _fetch_checked(job, path)
+    return job
+
+
+def manifest_of(job: JobOutput, path: str) -> dict[str, Any]:
+    return job.manifests.get(shard_of_path(path, ".parquet")) or {}
+
+
+def check_listed_sizes(layout: OutputLayout, manifests: dict[str, dict[str, Any]], data_files: list[str]) -> None:
+    """integrity.DamagedDataError for the first data file whose listed size differs from its
+    manifest's (one listing of tokens/, no file read)."""
+    if not data_files:
+        return
+    layout.fs.invalidate_cache(layout.tokens_dir)
+    sizes = {posixpath.basename(e["name"]): e.get("size") for e in layout.fs.ls(layout.tokens_dir, detail=True)}
+    for path in data_files:
+        size = sizes.get(posixpath.basename(path))
+        if size is not None:
+            check_size(int(size), manifests.get(shard_of_path(path, ".parquet")) or {}, path)
+
+
+def files_read_whole(job: JobOutput, scan_rows: int = SCAN_ROWS) -> list[str]:
+    """The checkable data files the sections will read whole: the first ones up to `scan_rows` ok
+    rows (codebook usage; the reconstruction grid's first rows are among them), unless the
+    tokenizer is continuous (no codebook, no grid), and those of the audit's worst rows."""
+    out, rows = [], 0
+    if not job.metadata.get("continuous"):
+        for path in job.data_files:
+            if rows >= scan_rows:
+                break
+            manifest = manifest_of(job, path)
+            if is_checkable(manifest):
+                out.append(path)
+                rows += int(manifest.get("ok") or 0)
+    worst = ((job.stats or {}).get("audit") or {}).get("worst") or []
+    for shard in dict.fromkeys(str(item.get("shard")) for item in worst if isinstance(item, dict)):
+        path = job.layout.data_path(shard)
+        if path not in out and is_checkable(job.manifests.get(shard)):
+            out.append(path)
+    return out
+
+
+def _fetch_checked(job: JobOutput, path: str) -> bytes:
+    data = job.layout.fs.cat_file(path)
+    check_data(data, manifest_of(job, path), path)
+    return data
+
+
+def data_file(job: JobOutput, path: str) -> pq.ParquetFile:
+    """A data file of the job, read whole and checked against its manifest (fetched at load when
+    a section was known to need it)."""
+    if path in job.fetched:
+        return parquet_from_bytes(job.fetched[path])
+    return open_parquet(job.layout.fs, path, manifest_of(job, path))
 
 
 def _commit_times(layout: OutputLayout, manifests: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -172,7 +243,7 @@ def failures_by_kind(job: JobOutput) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def scale_usage(job: JobOutput, max_rows: int = 50_000) -> list[ScaleUsage]:
+def scale_usage(job: JobOutput, max_rows: int = SCAN_ROWS) -> list[ScaleUsage]:
     """Codebook usage and perplexity per scale from the stored tokens (the first `max_rows` ok rows).
 
     Rows are grouped by their grid shapes so each group is one (rows, L) array sliced per scale.
@@ -187,7 +258,7 @@ def scale_usage(job: JobOutput, max_rows: int = 50_000) -> list[ScaleUsage]:
     for path in job.data_files:
         if rows >= max_rows:
             break
-        table = read_table(job.layout.fs, path, columns=["status", "tokens", "scale_shapes"])
+        table = data_file(job, path).read(columns=["status", "tokens", "scale_shapes"], use_threads=False)
         ok = [i for i, status in enumerate(table.column("status").to_pylist()) if status == "ok"][: max_rows - rows]
         if not ok:
             continue

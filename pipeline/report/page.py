@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipeline.report import collect, figures, pictures
+from pipeline.sinks.integrity import DamagedDataError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def _guarded(title: str, make: Callable[[], Section]) -> Section:
     """A section that cannot be made says why instead of failing the whole report."""
     try:
         return make()
+    except DamagedDataError:
+        raise  # a damaged data file fails the report (exit 1), it is not a missing picture
     except Exception as e:  # noqa: BLE001 - any failure becomes a visible note
         log.warning("report section %r unavailable: %s", title, e)
         return Section(title, f'<p class="missing">not available: {html.escape(f"{type(e).__name__}: {e}")}</p>')

@@ -1,6 +1,7 @@
 """Images for the report: stored tokens decoded back (input vs reconstruction at every scale) and
 samples from a training run. The tokenizer is the one named in the Parquet metadata, rebuilt
-with the same config, preprocessing and precision, and must have the recorded fingerprint."""
+with the same config, preprocessing and precision, and must have the recorded fingerprint. Data
+files are read through collect.data_file: whole, and checked against their manifests."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.report.collect import JobOutput
+from pipeline.report.collect import JobOutput, data_file
 from pipeline.runner.audit import job_input_shards
-from pipeline.sinks.arrow_io import open_parquet, read_table
 from pipeline.sinks.manifest import read_job_record
 from pipeline.sinks.reader import row_tokens
 from pipeline.sources.decode import decode_sample
@@ -54,7 +54,7 @@ def rebuild_tokenizer(metadata: dict[str, Any], checkpoint: str | None):
 def _first_ok_rows(job: JobOutput, count: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in job.data_files:
-        for batch in open_parquet(job.layout.fs, path).iter_batches(batch_size=max(64, 4 * count), use_threads=False):
+        for batch in data_file(job, path).iter_batches(batch_size=max(64, 4 * count), use_threads=False):
             for row in batch.to_pylist():
                 if row["status"] == "ok" and row.get("variant") in (None, "orig"):
                     rows.append(row)
@@ -101,7 +101,7 @@ def worst_reconstructions(job: JobOutput, worst: list[dict[str, Any]], checkpoin
     tok = rebuild_tokenizer(job.metadata, checkpoint if checkpoint is not None else job_checkpoint(job))
     rows = []
     for item in worst:
-        table = read_table(job.layout.fs, job.layout.data_path(item["shard"]))
+        table = data_file(job, job.layout.data_path(item["shard"])).read(use_threads=False)
         keys = table.column("key").to_pylist()
         variants = table.column("variant").to_pylist() if "variant" in table.column_names else ["orig"] * len(keys)
         index = next((i for i, (k, v) in enumerate(zip(keys, variants)) if k == item["key"] and v == "orig"), None)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import give_up_of
 from pipeline.runner.batch_probe import BatchChoice, choose_batch_size
 from pipeline.runner.build import build_tokenizer
 from pipeline.runner.config import JobSpec
@@ -70,7 +71,8 @@ class ShardWorker:
                                  worker=worker, pool=self.pool, report=report, encoder_lock=self.encoder_lock,
                                  device_decoder=self.device_decoder)
         except Exception as e:
-            last = traceback.format_exception_only(type(e), e)[-1].strip()
+            # A store's give-up names the store, operation and fault rate: better than its OSError.
+            last = give_up_of(e) or traceback.format_exception_only(type(e), e)[-1].strip()
             return ShardResult(shard=shard.name, ok=False, error=scrub_text(last, self.spec.storage_options),
                                worker=worker)
 

@@ -16,6 +16,7 @@ from pipeline.sources.decode import DEFAULT_MAX_PIXELS
 from pipeline.sources.folders import DEFAULT_IMAGES_PER_SHARD
 from pipeline.sources.tar_stream import DEFAULT_MAX_MEMBER_BYTES
 from pipeline.sinks.schema import CROP_VARIANT, FLIP_VARIANTS, SCHEMA_VERSION, parse_variants
+from pipeline.sinks.resume import CHECK_MODES
 from pipeline.sinks.writer import DEFAULT_ROW_GROUP_ROWS
 from pipeline.images import MODES
 
@@ -104,6 +105,11 @@ class TokenizeConfig:
         "commit on an output store that ignores conditional creates (If-None-Match), by check-then-write: "
         "exactly-once then only holds while no two attempts of one shard run at once (one job, no network "
         "partitions); without this flag such a store is refused")})
+    # Bits rot after a commit: a rerun finds damaged data files and redoes those shards (sinks/resume.py).
+    check_data: str = field(default="auto", metadata={"help": (
+        "how a rerun checks committed data files against their manifests: size (one listing), hash "
+        "(also the sha256 of every file: reads them all), or auto (hash on a local disk, size on object "
+        "stores); a missing or damaged file is restored or its shard encoded again")})
     startup_wait_s: float = field(default=0.0, metadata={"help": (
         "wait up to this long for the whole actor pool before handing out shards (benchmarks)")})
     # Autoscalers take minutes to bring a node, hence the long default.
@@ -176,6 +182,8 @@ class TokenizeConfig:
             problems.append("--gpu-decode and --jpeg-draft exclude each other (draft is a CPU decode option)")
         if self.gpu_decode and self.gpus_per_actor is not None and self.gpus_per_actor <= 0:
             problems.append("--gpu-decode needs GPU actors (--gpus-per-actor > 0)")
+        if self.check_data not in CHECK_MODES:
+            problems.append(f"--check-data must be one of {', '.join(CHECK_MODES)}, got {self.check_data!r}")
         if self.shards_per_actor < 1:
             problems.append("--shards-per-actor must be >= 1")
         if self.scale_superset and self.patch_nums and len(self.patch_nums) > 1:

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from pipeline.errors import one_line
 from pipeline.ray_connect import init_ray
 from pipeline.runner.build import plan_job
 from pipeline.runner.config import JobSpec, TokenizeConfig
@@ -24,7 +25,8 @@ from pipeline.runner.progress import ImageCounter, ProgressBar, format_summary, 
 from pipeline.runner.scheduler import ScheduleOutcome, ShardScheduler
 from pipeline.runner.stats import build_stats
 from pipeline.secrets import redact_url
-from pipeline.sinks.manifest import clean_attempts, iter_manifests, plan_resume, repair_unpublished
+from pipeline.sinks.manifest import data_sizes, iter_manifests
+from pipeline.sinks.resume import clean_attempts, plan_resume, restore_data
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.inputs import plan_inputs
 
@@ -88,24 +90,39 @@ def run_tokenize(cfg: TokenizeConfig, on_scheduler: Callable[[ShardScheduler], N
     prepare_output(layout, spec, cfg, [s.name for s in shards])
     if spec.class_names:
         write_if_changed(layout, CLASSES_RECORD, json.dumps({"classes": list(spec.class_names)}, indent=0).encode())
-    plan = plan_resume(layout, shards, spec.fingerprint)
-    repaired, lost = repair_unpublished(layout, plan.unpublished) if plan.unpublished else ([], [])
-    log(f"{plural(len(shards), 'shard')}: {plan.done + len(repaired)} already committed, {len(plan.todo)} to do"
-        + (f", {len(repaired)} committed earlier and published now" if repaired else "")
+    plan = plan_resume(layout, shards, spec.fingerprint, cfg.check_data)
+    restored, redo = restore_data(layout, sorted(plan.damaged)) if plan.damaged else ([], [])
+    todo = plan.todo + [s for s in shards if s.name in set(redo)]
+    log(f"{plural(len(shards), 'shard')}: {plan.done + len(restored)} already committed, {len(todo)} to do"
+        + _damage_note(plan.damaged, restored, redo, plan.hashed)
         + f"; tokenizer {spec.tokenizer} (tokenizer fingerprint {spec.tokenizer_fingerprint}), "
           f"job fingerprint {spec.fingerprint}; output {redact_url(cfg.output)}")
     outcome = ScheduleOutcome()
-    if plan.todo:
-        outcome = _run_pool(cfg, spec, plan.todo, on_scheduler)
-    for name in lost:
-        outcome.failed[name] = (f"committed, but neither tokens/{name}.parquet nor the attempt file its manifest "
-                                f"names exists any more; delete _manifest/{name}.json and rerun to redo the shard")
+    if todo:
+        outcome = _run_pool(cfg, spec, todo, on_scheduler)
     cleaned = clean_attempts(layout, spec.fingerprint) + layout.clean_tmp()
-    stats = build_stats(shards, iter_manifests(layout), spec.fingerprint, outcome,
-                        time.perf_counter() - start, skipped=plan.done, repaired=len(repaired), cleaned=cleaned)
-    stats = record_stats(layout, stats, spec.run_id)
+    # The tally checks the store: a shard counts as committed only with its data file in place.
+    stats = build_stats(shards, iter_manifests(layout), spec.fingerprint, outcome, time.perf_counter() - start,
+                        skipped=plan.done, repaired=len(restored), cleaned=cleaned, data_sizes=data_sizes(layout),
+                        redone=[n for n in redo if n in outcome.results])
+    try:
+        stats = record_stats(layout, stats, spec.run_id)
+    except Exception as e:  # noqa: BLE001 -- a full disk or a failing store must not cost the summary
+        print(format_summary(stats), flush=True)
+        log(f"could not record this run in {redact_url(cfg.output)}: {one_line(e)}")
+        return 1
     print(format_summary(stats), flush=True)
     return 1 if stats["failed_shards"] or stats["missing_shards"] else 0
+
+
+def _damage_note(damaged: dict[str, str], restored: list[str], redo: list[str], hashed: bool) -> str:
+    """The plan line's account of committed shards whose data file was missing or damaged."""
+    if not damaged:
+        return "" if not hashed else ", every committed data file checked by sha256"
+    examples = "; ".join(f"{n}: {why}" for n, why in sorted(damaged.items())[:3])
+    return (f"; {plural(len(damaged), 'committed shard')} with a missing or damaged data file ({examples}"
+            f"{'; ...' if len(damaged) > 3 else ''}): {len(restored)} restored from attempt files, "
+            f"{len(redo)} to encode again")
 
 
 def new_run_id() -> str:

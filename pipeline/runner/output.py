@@ -25,7 +25,8 @@ import yaml
 
 from pipeline.config import recorded_dict
 from pipeline.runner.config import JobSpec, TokenizeConfig
-from pipeline.sinks.manifest import INPUTS_RECORD, JOB_RECORD, manifest_fingerprints
+from pipeline.sinks.manifest import INPUTS_RECORD, JOB_RECORD
+from pipeline.sinks.resume import manifest_fingerprints
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.folders import DEFAULT_IMAGES_PER_SHARD
 from pipeline.sources.inputs import InputPlan, plan_inputs

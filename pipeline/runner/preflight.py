@@ -10,23 +10,31 @@ paginated listing, not 100 000 HEAD requests.
 from __future__ import annotations
 
 import posixpath
+import shutil
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, give_up_of
 from pipeline.secrets import scrub_text
 from pipeline.sinks.writer import ConditionalWriteUnsupported, OutputLayout
 from pipeline.io import QUERY_PROTOCOLS, filesystem_for, protocol_of, strip_query
 from pipeline.sources.listing import Shard
 
 HTTP_CHECK_THREADS = 16
+# A local output needs room for its records and the first token files; below this much free
+# space a job would only fail shard after shard.
+MIN_FREE_BYTES = 16 << 20
+WRITE_PROBE_BYTES = 64 << 10
 
 
 def describe_error(role: str, url: str, error: BaseException, options: dict[str, Any] | None) -> str:
     """One line: the role, the URL (no query string) and what is wrong with it."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     name = type(error).__name__
+    give_up = give_up_of(error)
+    if give_up:  # the store kept failing (throttling, unreachable): its own line says how
+        return scrub_text(f"{role} {strip_query(url)}: {give_up}", options)
     if "bucket" in text.lower() and "not exist" in text.lower():
         bucket = strip_query(url).split("://", 1)[-1].split("/", 1)[0]
         what = f"the bucket {bucket!r} does not exist"
@@ -87,6 +95,14 @@ def _check_web(shards: list[Shard], storage_options: dict[str, Any] | None) -> N
                 raise UsageError(describe_error("input", shard.url, error, storage_options))
 
 
+def check_free_space(layout: OutputLayout) -> None:
+    """A local output on a (nearly) full disk is refused before anything else is written."""
+    free = shutil.disk_usage(layout.root).free
+    if free < MIN_FREE_BYTES:
+        raise UsageError(f"output {layout.url}: its disk is full ({free / 2**20:.1f} MiB free, scaletok wants at "
+                         f"least {MIN_FREE_BYTES / 2**20:.0f} MiB); free some space or choose another --output")
+
+
 def check_output(layout: OutputLayout, storage_options: dict[str, Any] | None, allow_unconditional: bool) -> None:
     """The output can be written, and (object stores) refuses a second create of one name:
     exactly-once rests on it. The probe object is removed again."""
@@ -95,10 +111,14 @@ def check_output(layout: OutputLayout, storage_options: dict[str, Any] | None, a
             layout.makedirs()
         honours = layout.probe_conditional_create()
         if layout.is_local:
-            layout.put(layout.join("_tmp", f"{layout.run_id or 'run'}-write-probe"), b"")
-            layout.remove(layout.join("_tmp", f"{layout.run_id or 'run'}-write-probe"))
+            check_free_space(layout)
+            probe = layout.join("_tmp", f"{layout.run_id or 'run'}-write-probe")
+            layout.put(probe, bytes(WRITE_PROBE_BYTES))  # not empty: an empty write succeeds on a full disk
+            layout.remove(probe)
     except ConditionalWriteUnsupported:
         honours = False
+    except UsageError:
+        raise
     except Exception as e:
         raise UsageError(describe_error("output", layout.url, e, storage_options)) from e
     if not honours and not allow_unconditional:

@@ -99,6 +99,9 @@ def format_summary(stats: dict[str, Any]) -> str:
                      f"its version stands")
     if run.get("shards_repaired"):
         lines.append(f"  {plural(run['shards_repaired'], 'shard')} committed earlier published now")
+    if run.get("shards_redone"):
+        lines.append(f"  {plural(len(run['shards_redone']), 'shard')} whose data file was missing or damaged "
+                     f"encoded again, byte-identical to the committed version: {', '.join(run['shards_redone'][:5])}")
     for name, error in stats["failed_shards"].items():
         lines.append(f"FAILED shard {name}: {error}")
     return "\n".join(lines)

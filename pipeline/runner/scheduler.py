@@ -270,7 +270,9 @@ class ShardScheduler:
         self.outcome.attempts_failed += 1
         self.attempts[shard.name] += 1
         self.errors[shard.name].append(result.error or "unknown error")
-        if self.attempts[shard.name] > self.max_retries:
+        if not result.retryable:
+            self.outcome.failed[shard.name] = result.error or "failed"
+        elif self.attempts[shard.name] > self.max_retries:
             self.outcome.failed[shard.name] = (f"{self.attempts[shard.name]} attempts failed; last: "
                                                f"{self.errors[shard.name][-1]}")
         else:

@@ -33,7 +33,7 @@ from pipeline.runner.config import JobSpec
 from pipeline.runner.encode_batch import encode_batch
 from pipeline.runner.recon_audit import audit_batch
 from pipeline.runner.crop_views import preprocess_views
-from pipeline.sinks.manifest import CREATED, build_manifest, commit_shard, label_summary
+from pipeline.sinks.manifest import CREATED, LOST, build_manifest, commit_shard, label_summary
 from pipeline.sinks.schema import ORIGINAL_VARIANT, TokenRow, build_table, token_schema
 from pipeline.sinks.writer import OutputLayout, parquet_bytes
 from pipeline.sources.decode import DecodedSample, decode_sample
@@ -53,7 +53,8 @@ class ShardResult:
     shard: str
     ok: bool
     error: str | None = None
-    commit: str = ""               # manifest.CREATED / COMMITTED_SAME / COMMITTED_OTHER (other bytes won)
+    commit: str = ""               # manifest.CREATED / COMMITTED_SAME / COMMITTED_OTHER (other bytes won) / LOST
+    retryable: bool = True         # False: another attempt cannot do better (the shard's committed bytes are lost)
     rows: int = 0
     samples: int = 0
     images_ok: int = 0
@@ -323,8 +324,18 @@ def write_and_commit(shard: Shard, encoded: EncodedShard, spec: JobSpec, layout:
         attempt_id=layout.new_attempt_id(), worker=worker,
         labels=label_summary(row.label for row in originals if row.status == "ok"), audit=encoded.audit)
     outcome = commit_shard(layout, shard.name, data, manifest, on_step=on_step)
+    if outcome == LOST:
+        return ShardResult(shard=shard.name, ok=False, commit=outcome, retryable=False, worker=worker,
+                           error=lost_message(shard.name, manifest["sha256"]))
     return ShardResult(shard=shard.name, ok=True, commit=outcome,
                        rows=len(encoded.rows), samples=encoded.samples, images_ok=counts.get("ok", 0),
                        status_counts=counts, duration_s=time.perf_counter() - encoded.started,
                        read_s=encoded.read_s, decode_s=encoded.decode_s, write_s=time.perf_counter() - t_write,
                        worker=worker, **encoded.timing)
+
+
+def lost_message(shard: str, encoded_sha256: str) -> str:
+    return (f"lost: committed earlier, but tokens/{shard}.parquet is missing or damaged and no copy of its "
+            f"committed bytes is left; encoded again it gives other bytes (sha256 {encoded_sha256[:12]}), which "
+            f"are never published under the old manifest. To commit the new encoding, delete "
+            f"_manifest/{shard}.json and tokens/{shard}.parquet and rerun")

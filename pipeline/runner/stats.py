@@ -20,19 +20,28 @@ PER_SHARD_LIMIT = 10_000   # above this many shards _stats.json leaves per-shard
 
 def build_stats(shards: list[Shard], manifests: Iterable[tuple[str, dict[str, Any]]] | dict[str, dict[str, Any]],
                 fingerprint: str, outcome: ScheduleOutcome | None, wall_s: float, skipped: int, repaired: int = 0,
-                cleaned: int = 0) -> dict[str, Any]:
+                cleaned: int = 0, data_sizes: dict[str, int] | None = None,
+                redone: list[str] | None = None) -> dict[str, Any]:
     """`manifests`: (shard, manifest) pairs, streamed (`iter_manifests`): nothing here holds more
-    than one chunk of manifests, so the end of a job over a million shards stays in bounded memory."""
+    than one chunk of manifests, so the end of a job over a million shards stays in bounded memory.
+    `data_sizes` (shard -> size of tokens/<shard>.parquet, from the store): a manifest whose data
+    file is missing or of another size does not count as committed. `redone`: committed shards
+    whose damaged or missing data was encoded again and published this run."""
     wanted = {s.name for s in shards}
     pairs = manifests.items() if isinstance(manifests, dict) else manifests
     status_counts: dict[str, int] = {}
     merged: np.ndarray | None = None
     per_shard: dict[str, dict[str, Any]] = {}
     committed: set[str] = set()
+    unpublished: list[str] = []
     rows = size = 0
     audit = AuditFold()
     for name, m in pairs:
         if name not in wanted or m.get("fingerprint") != fingerprint:
+            continue
+        if data_sizes is not None and (name not in data_sizes or (
+                m.get("bytes") is not None and data_sizes[name] != m["bytes"])):
+            unpublished.append(name)
             continue
         committed.add(name)
         rows += int(m.get("rows") or 0)
@@ -69,12 +78,18 @@ def build_stats(shards: list[Shard], manifests: Iterable[tuple[str, dict[str, An
         "totals": {"shards_committed": len(committed), "samples": samples, "ok": ok, "failed": samples - ok,
                    "rows": rows, "bytes": size,
                    "status_counts": dict(sorted(status_counts.items()))},
-        "failed_shards": dict(sorted(outcome.failed.items())),
-        "missing_shards": sorted(s.name for s in shards if s.name not in committed and s.name not in outcome.failed),
+        "failed_shards": dict(sorted({**{n: f"committed, but tokens/{n}.parquet is missing or not the size its "
+                                            f"manifest says; rerun to restore or redo it" for n in unpublished},
+                                      **outcome.failed}.items())),
+        "missing_shards": sorted(s.name for s in shards if s.name not in committed and s.name not in outcome.failed
+                                 and s.name not in unpublished),
         "this_run": {"wall_s": round(wall_s, 3), "images": images,
                      "images_per_s": round(images / wall_s, 3) if wall_s > 0 else 0.0,
                      "shards_committed": len(outcome.results), "shards_skipped": skipped,
                      "shards_repaired": repaired, "leftover_files_removed": cleaned,
+                     # Committed shards whose data file was missing or damaged, encoded again and
+                     # published under their manifest (the same bytes).
+                     "shards_redone": sorted(redone or []),
                      # Attempts that lost the commit to an attempt with *other* bytes (bf16, another
                      # GPU type): the shard is done with the first committed encoding.
                      "shards_committed_by_other_bytes": sorted(outcome.committed_by_other_bytes),

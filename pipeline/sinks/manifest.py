@@ -5,19 +5,26 @@ with any bytes: bf16 or another GPU type may encode the same shard differently):
   1. write the data under a name of this attempt's own: OUT/_attempts/<shard>@<attempt id>.parquet
      (temp + rename locally, one PUT on object stores);
   2. create OUT/_manifest/<shard>.json only if absent (hard link / If-None-Match: *). The attempt
-     that creates it wins: the manifest names its attempt file and the sha256 of its bytes;
+     whose manifest is there wins: the manifest names its attempt id and file and the sha256 of
+     its bytes;
   3. the winner publishes its bytes as OUT/tokens/<shard>.parquet (a rename locally; a PUT of
      the bytes in hand and a DELETE of the attempt file on object stores).
-A losing attempt deletes its own attempt file and counts as done: the shard has one committed
-encoding. If its bytes differed (non-reproducible encoding) that is reported, not a failure.
-Nothing ever writes tokens/<shard>.parquet but the manifest's winner or a repair that copies the
-winner's attempt file after checking its sha256: the file third-party readers glob only ever
-holds the committed bytes.
+A losing attempt deletes its own attempt file (never one a manifest names) and counts as done:
+the shard has one committed encoding. If its bytes differed (non-reproducible encoding) that is
+reported, not a failure. Nothing ever writes tokens/<shard>.parquet but the winner, or a repair
+that writes bytes whose sha256 is the manifest's (the winner's attempt file, or a re-encoding
+that came out identical): the file third-party readers glob only ever holds the committed bytes.
+
+Requests whose outcome is unknown (a response cut after the store applied the request, retries
+exhausted) are settled by reading, never guessed (sinks/writer.py): a create answered "exists"
+is ours when the object holds our bytes (manifests are unique per attempt), so the retry of our
+own cut create is not taken for a lost race.
 
 A crash after step 1 leaves an attempt file nobody reads (the shard is redone; the file is removed
 once the shard is committed). A crash after step 2 leaves a manifest whose data is still in its
-attempt file: planning (`plan_resume`) finds it unpublished and `ensure_published` repairs it.
-A shard is done iff its manifest exists with the job's fingerprint and its data is published.
+attempt file: planning (sinks/resume.py) finds it and publishes it. A data file that went missing
+or was damaged later is found by planning too and redone (see resume.py).
+A shard is done iff its manifest exists with the job's fingerprint and its data is published intact.
 
 Readers (training, report, verify) never glob: `read_committed_set` gives the committed shards
 of one job fingerprint, and names what it ignored (data without manifest, manifests of another
@@ -31,7 +38,6 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -43,12 +49,12 @@ from pipeline.sinks.writer import ATTEMPT_SEPARATOR, OutputLayout, attempt_file
 MANIFEST_VERSION = 2
 JOB_RECORD = "_job.json"
 INPUTS_RECORD = "_inputs.json"
-# Manifests are json.dumps(indent=1, sort_keys=True): a top-level key sits after a newline and one space.
-TOP_LEVEL_FINGERPRINT = b'\n "fingerprint": "'
 
 CREATED = "created"                    # this attempt's manifest decides the shard
 COMMITTED_SAME = "committed_same"      # another attempt won, with the same bytes
 COMMITTED_OTHER = "committed_other"    # another attempt won, with different bytes (non-reproducible)
+LOST = "lost"                          # committed earlier, its bytes are gone everywhere, and this
+                                       # attempt's differ: the committed encoding cannot be restored
 
 
 class CommitConflict(RuntimeError):
@@ -118,56 +124,80 @@ def parse_attempt_name(path: str) -> tuple[str, str] | None:
 
 def commit_shard(layout: OutputLayout, shard: str, data: bytes, manifest: dict[str, Any],
                  on_step: Callable[[str], None] | None = None) -> str:
-    """Steps 1-3 above for one attempt; returns CREATED, COMMITTED_SAME or COMMITTED_OTHER.
+    """Steps 1-3 above for one attempt; returns CREATED, COMMITTED_SAME, COMMITTED_OTHER or LOST.
     Raises CommitConflict when the shard belongs to another job's fingerprint.
     `on_step(name)` is called after each step (crash-injection tests)."""
     step = on_step or (lambda name: None)
-    attempt_file = layout.join(manifest["attempt_file"])
-    layout.put(attempt_file, data)
+    attempt_path = layout.join(manifest["attempt_file"])
+    layout.put(attempt_path, data)
     step("attempt_written")
     if layout.create_if_absent(layout.manifest_path(shard), manifest_text(manifest)):
         step("manifest_created")
-        layout.move(attempt_file, layout.data_path(shard), data)
+        layout.move(attempt_path, layout.data_path(shard), data)
         step("published")
         return CREATED
-    layout.remove(attempt_file)  # lost: these bytes are never read by anyone
-    step("attempt_removed")
     existing = read_manifest(layout, shard)
     if existing is None or existing.get("unreadable") or existing.get("fingerprint") != manifest["fingerprint"]:
         found = "an unreadable manifest" if existing and existing.get("unreadable") else (
-            f"fingerprint {(existing or {}).get('fingerprint')}")
+            f"fingerprint {(existing or {}).get('fingerprint')}" if existing else "no manifest on reading it back")
         raise CommitConflict(f"{layout.manifest_path(shard)} already exists with {found}, not this job's "
                              f"{manifest['fingerprint']}; is another job writing to {layout.url}?")
-    ensure_published(layout, shard, existing)  # the winner may have died before its step 3
+    if existing.get("attempt_id") == manifest["attempt_id"]:  # ours after all (written some other way)
+        layout.move(attempt_path, layout.data_path(shard), data)
+        return CREATED
+    # Another attempt's manifest decides; it never names this attempt's file, which can go.
+    layout.remove(attempt_path, settle=True)
+    step("attempt_removed")
+    if not ensure_published(layout, shard, existing, candidate=data):
+        return LOST
     return COMMITTED_SAME if existing.get("sha256") == manifest["sha256"] else COMMITTED_OTHER
 
 
-def ensure_published(layout: OutputLayout, shard: str, manifest: dict[str, Any]) -> bool:
-    """Make tokens/<shard>.parquet hold the manifest's bytes if it does not yet (the winner died
-    between its steps 2 and 3). True when the data file is in place afterwards."""
+def ensure_published(layout: OutputLayout, shard: str, manifest: dict[str, Any], candidate: bytes | None = None,
+                     known_bad: bool = False) -> bool:
+    """Make tokens/<shard>.parquet hold the bytes `manifest` describes; True when it does afterwards.
+
+    The data file is taken as it is when its size (and, given a `candidate` to compare, its
+    sha256) match, unless `known_bad`. Else the bytes come from the winner's attempt file (the
+    winner died between its steps 2 and 3) or from `candidate` (a re-encoding of the shard), each
+    only when its sha256 is the manifest's: nothing the manifest does not describe is published."""
     data_path = layout.data_path(shard)
-    if _has_size(layout, data_path, manifest.get("bytes")):
+    if not known_bad and data_intact(layout, data_path, manifest, hash_check=candidate is not None):
         return True
     attempt_rel = manifest.get("attempt_file")
-    if not attempt_rel:
-        return False  # a version-1 manifest: its data file was written before the manifest
-    attempt_file = layout.join(attempt_rel)
-    try:
-        data = layout.read_bytes(attempt_file)
-    except FileNotFoundError:
-        return _has_size(layout, data_path, manifest.get("bytes"))  # published meanwhile
-    if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
-        return False  # the attempt file is damaged: never publish bytes the manifest does not describe
-    layout.move(attempt_file, data_path, data)
-    return True
+    if attempt_rel:
+        attempt_path = layout.join(attempt_rel)
+        try:
+            kept = layout.read_bytes(attempt_path)
+        except FileNotFoundError:
+            kept = None
+        if kept is not None and _sha256(kept) == manifest.get("sha256"):
+            layout.move(attempt_path, data_path, kept)
+            return True
+    if candidate is not None and _sha256(candidate) == manifest.get("sha256"):
+        layout.put(data_path, candidate)
+        return True
+    return not known_bad and data_intact(layout, data_path, manifest, hash_check=False)  # published meanwhile
 
 
-def _has_size(layout: OutputLayout, path: str, size: int | None) -> bool:
+def data_intact(layout: OutputLayout, path: str, manifest: dict[str, Any], hash_check: bool) -> bool:
+    """Whether `path` holds the manifest's bytes: its size, and with `hash_check` its sha256."""
     try:
-        info = layout.fs.info(path)
+        size = int(layout.fs.info(path).get("size", -1))
     except FileNotFoundError:
         return False
-    return size is None or int(info.get("size", -1)) == int(size)
+    if manifest.get("bytes") is not None and size != int(manifest["bytes"]):
+        return False
+    if not hash_check or not manifest.get("sha256"):
+        return True
+    try:
+        return _sha256(layout.read_bytes(path)) == manifest["sha256"]
+    except FileNotFoundError:
+        return False
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -179,10 +209,10 @@ def read_manifest(layout: OutputLayout, shard: str) -> dict[str, Any] | None:
         raw = layout.read_bytes(layout.manifest_path(shard))
     except FileNotFoundError:
         return None
-    return _parse(raw)
+    return parse_manifest(raw)
 
 
-def _parse(raw: Any) -> dict[str, Any]:
+def parse_manifest(raw: Any) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except (ValueError, TypeError):
@@ -201,15 +231,15 @@ def iter_manifests(layout: OutputLayout, names: Iterable[str] | None = None,
     """(shard, manifest) for every manifest (or those of `names`), fetched `chunk` at a time, so
     that a caller folding them never holds more than one chunk (a manifest with its codebook
     histogram is ~25 KB: a million of them would be tens of GB)."""
-    items = sorted(_manifest_paths(layout, names).items())
+    items = sorted(manifest_paths(layout, names).items())
     for start in range(0, len(items), chunk):
         part = dict(items[start:start + chunk])
         contents = layout.fs.cat(list(part.values()), on_error="return")
         for name, path in part.items():
-            yield name, _parse(contents.get(path))
+            yield name, parse_manifest(contents.get(path))
 
 
-def _manifest_paths(layout: OutputLayout, names: Iterable[str] | None) -> dict[str, str]:
+def manifest_paths(layout: OutputLayout, names: Iterable[str] | None) -> dict[str, str]:
     by_name = {shard_of_path(p, ".json"): p for p in layout.list_dir(layout.manifest_dir, ".json")}
     if names is not None:
         wanted = set(names)
@@ -217,110 +247,27 @@ def _manifest_paths(layout: OutputLayout, names: Iterable[str] | None) -> dict[s
     return by_name
 
 
-def manifest_fingerprints(layout: OutputLayout, names: Iterable[str] | None = None) -> dict[str, str | None]:
-    """shard name -> the job fingerprint in its manifest (None: unreadable), for every manifest in
-    the output, or only those of `names`. One listing of the manifest directory, then only the
-    fingerprint of each manifest (its codebook histogram is most of its bytes) read concurrently:
-    planning a resume over 100 000 committed shards takes seconds, not minutes."""
-    by_name = _manifest_paths(layout, names)
-    if not by_name:
+def data_sizes(layout: OutputLayout) -> dict[str, int]:
+    """shard -> size of its published data file (one listing of tokens/ with sizes)."""
+    if layout.is_local:  # os.scandir: a third of fsspec's cost per entry (100 000 files: 0.5 s)
+        try:
+            with os.scandir(layout.tokens_dir) as entries:
+                return {e.name[:-len(".parquet")]: e.stat().st_size for e in entries
+                        if e.name.endswith(".parquet") and e.is_file()}
+        except FileNotFoundError:
+            return {}
+    layout.fs.invalidate_cache()
+    try:
+        entries = layout.fs.ls(layout.tokens_dir, detail=True)
+    except FileNotFoundError:
         return {}
-    if layout.is_local:
-        # Chunks of paths per task: a future per file would cost more than reading it.
-        paths = list(by_name.values())
-        chunks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
-        with ThreadPoolExecutor(min(8, len(chunks), 2 * (os.cpu_count() or 1))) as pool:
-            read = [fp for chunk in pool.map(_local_fingerprints, chunks) for fp in chunk]
-        return dict(zip(by_name, read))
-    contents = layout.fs.cat(list(by_name.values()), on_error="return")
-    return {n: _fingerprint_of(contents.get(p)) for n, p in by_name.items()}
-
-
-def _local_fingerprints(paths: list[str]) -> list[str | None]:
-    out = []
-    for path in paths:
-        try:  # os-level reads: half the cost of open().read() for small files
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                parts = [os.read(fd, 1 << 16)]
-                while len(parts[-1]) == 1 << 16:
-                    parts.append(os.read(fd, 1 << 16))
-            finally:
-                os.close(fd)
-            out.append(_fingerprint_of(b"".join(parts) if len(parts) > 1 else parts[0]))
-        except OSError:
-            out.append(None)
-    return out
-
-
-def _fingerprint_of(raw: Any) -> str | None:
-    if not isinstance(raw, (bytes, bytearray)):
-        return None  # a read error returned by fs.cat
-    at = raw.find(TOP_LEVEL_FINGERPRINT)
-    if at >= 0 and raw[-64:].rstrip().endswith(b"\n}"):  # whole: the top-level object's own closing brace
-        start = at + len(TOP_LEVEL_FINGERPRINT)
-        end = raw.find(b'"', start)
-        if end > start:
-            return raw[start:end].decode("ascii", errors="replace")
-    value = _parse(raw).get("fingerprint")  # written some other way: parse it all
-    return value if isinstance(value, str) else None
+    return {shard_of_path(e["name"], ".parquet"): int(e.get("size") or 0) for e in entries
+            if e["name"].endswith(".parquet") and e.get("type", "file") == "file"}
 
 
 def published_names(layout: OutputLayout) -> set[str]:
     """Shards whose data file exists (one listing of tokens/)."""
     return {shard_of_path(p, ".parquet") for p in layout.list_dir(layout.tokens_dir, ".parquet")}
-
-
-# ---------------------------------------------------------------------------------- planning
-
-@dataclass
-class ResumePlan:
-    todo: list                                         # shards (listing.Shard) still to encode
-    unpublished: list[str] = field(default_factory=list)  # committed, data still in the attempt file
-    done: int = 0
-
-
-def plan_resume(layout: OutputLayout, shards: list, fingerprint: str) -> ResumePlan:
-    """What a run over `shards` has left to do: shards without a manifest of this fingerprint are
-    encoded; committed ones whose data file is missing are only published (`ensure_published`)."""
-    committed = {n for n, fp in manifest_fingerprints(layout, [s.name for s in shards]).items() if fp == fingerprint}
-    published = published_names(layout) if committed else set()
-    todo = [s for s in shards if s.name not in committed]
-    unpublished = sorted(committed - published)
-    return ResumePlan(todo=todo, unpublished=unpublished, done=len(committed) - len(unpublished))
-
-
-def repair_unpublished(layout: OutputLayout, names: list[str]) -> tuple[list[str], list[str]]:
-    """Publish committed shards whose winner died before step 3: (repaired, unrepairable)."""
-    manifests = read_all_manifests(layout, names)
-    repaired, lost = [], []
-    for name in names:
-        (repaired if ensure_published(layout, name, manifests.get(name) or {}) else lost).append(name)
-    return repaired, lost
-
-
-def clean_attempts(layout: OutputLayout, fingerprint: str) -> int:
-    """Remove attempt files that can never matter again: those of shards committed with this
-    job's fingerprint whose data is published (losers, and the winner's own leftover copy on a
-    store without rename). Attempt files of uncommitted shards stay: one of them may still be on
-    its way to winning. Interrupted multipart uploads of the same kind are aborted. Returns the count."""
-    files = [(p, parse_attempt_name(p)) for p in layout.list_dir(layout.attempt_dir, ".parquet")]
-    uploads = [(key, upload_id, parse_attempt_name(name)) for name, key, upload_id in layout.multipart_uploads()]
-    shards = {parsed[0] for _, parsed in files if parsed} | {parsed[0] for _, _, parsed in uploads if parsed}
-    if not shards:
-        return 0
-    fingerprints = manifest_fingerprints(layout, shards)
-    published = published_names(layout)
-    settled = {s for s in shards if fingerprints.get(s) == fingerprint and s in published}
-    removed = 0
-    for path, parsed in files:
-        if parsed and parsed[0] in settled:
-            layout.remove(path)
-            removed += 1
-    for key, upload_id, parsed in uploads:
-        if parsed and parsed[0] in settled:
-            removed += int(layout.abort_multipart_upload(key, upload_id))
-    return removed
 
 
 # ---------------------------------------------------------------------------------- the committed set

@@ -18,6 +18,8 @@ log2(V)/8 bytes per token (benchmarks/storage.py, benchmarks/RESULTS.md section 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import uuid
@@ -75,6 +77,10 @@ def parquet_bytes(table: pa.Table, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS)
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=max(1, row_group_rows), **write_options(table))
     return sink.getvalue()
+
+
+# What os.link says on filesystems without hard links (some FUSE/SMB mounts).
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS, errno.EMLINK}
 
 
 class ConditionalWriteUnsupported(RuntimeError):
@@ -141,24 +147,39 @@ class OutputLayout:
         # object stores have no directories
 
     def put(self, path: str, data: bytes) -> None:
-        """Whole-object write that a reader never sees half done: local temp + rename, or one PUT."""
+        """Whole-object write that a reader never sees half done: local temp + rename, or one PUT.
+        A PUT whose outcome is unknown (its response was cut and the retries failed) is settled by
+        reading: done if the store holds `data`, else the error stands."""
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             os.replace(self._write_temp(path, data), path)
-        else:
+            return
+        try:
             self.fs.pipe_file(path, data)
+        except Exception:
+            if not self.holds(path, data):
+                raise
 
     def move(self, src: str, dst: str, data: bytes) -> None:
         """Make `dst` hold `data`, the content of `src`, and drop `src`: a rename locally (no copy);
-        on object stores a PUT of the bytes in hand, then a DELETE."""
+        on object stores a PUT of the bytes in hand (settled as `put`), then a DELETE. A DELETE
+        that fails leaves `src` for `manifest.clean_attempts`: `dst` is in place either way."""
         if self.is_local:
             try:
                 os.replace(src, dst)
             except FileNotFoundError:  # src removed meanwhile (a repair or clean-up): write the bytes
                 self.put(dst, data)
-        else:
-            self.fs.pipe_file(dst, data)
-            self.remove(src)
+            return
+        self.put(dst, data)
+        self.remove(src, settle=True)
+
+    def holds(self, path: str, data: bytes) -> bool:
+        """Whether `path` exists with exactly `data` (False when it cannot be read either)."""
+        try:
+            self.fs.invalidate_cache()
+            return self.fs.size(path) == len(data) and self.fs.cat_file(path) == data
+        except Exception:
+            return False
 
     def create_if_absent(self, path: str, data: bytes) -> bool:
         """Create `path` with `data` unless it exists; True if this call created it.
@@ -174,7 +195,9 @@ class OutputLayout:
                 return True
             except FileExistsError:
                 return False
-            except OSError:
+            except OSError as e:
+                if e.errno not in NO_HARD_LINKS:
+                    raise  # a full disk, say: not a reason to change the way of creating
                 # No hard links here (some FUSE/SMB mounts): O_EXCL create of the name itself.
                 # Still exactly once; a crash mid-write leaves a manifest that reads as
                 # unreadable (a conflict `verify` reports), never a silently done shard.
@@ -186,35 +209,53 @@ class OutputLayout:
                 f.write(data)
             return True
         except FileExistsError:
-            return False
+            # Also what the retry of a create whose response was cut gets: the first try was
+            # applied. Reading decides: the object holds our bytes (this call created it) or not.
+            return self.holds(path, data)
         except (NotImplementedError, ValueError) as e:
             if not self.allow_unconditional:
                 raise ConditionalWriteUnsupported(
                     f"{self.url}: the filesystem cannot create a file only if it is absent ({e})") from e
             if self.fs.exists(path):  # the opt-in weaker mode: check, then write
-                return False
-            self.fs.pipe_file(path, data)
+                return self.holds(path, data)
+            self.put(path, data)
             return True
         except OSError as e:
             if any(h in str(e).lower() for h in _EXISTS_HINTS):
+                return self.holds(path, data)
+            # Outcome unknown (retries exhausted): ours if the store holds our bytes; another
+            # attempt's if it holds other bytes; nothing happened if there is nothing there.
+            if self.holds(path, data):
+                return True
+            if self._exists_now(path):
                 return False
             raise
+
+    def _exists_now(self, path: str) -> bool:
+        self.fs.invalidate_cache()
+        try:
+            return self.fs.exists(path)
+        except Exception:
+            return False
 
     def probe_conditional_create(self) -> bool:
         """Whether the store refuses a second create of one name (what exactly-once rests on).
         Creates and deletes one small object under _probe/. Local filesystems always do."""
         if self.is_local:
             return True
-        path = self.join("_probe", f"{self.run_id or 'probe'}-{uuid.uuid4().hex}")
+        nonce = uuid.uuid4().hex
+        path = self.join("_probe", f"{self.run_id or 'probe'}-{nonce}")
+        first, second = f"first {nonce}".encode(), f"second {nonce}".encode()
         try:
-            if not self.create_if_absent(path, b"first"):
+            # Unique bytes: a create whose response was cut (retried, then answered 412) is
+            # recognised by reading them back, not blamed on the store.
+            if not self.create_if_absent(path, first):
                 return False  # cannot happen on a fresh name unless the store misbehaves
-            second = self.create_if_absent(path, b"second")
-            return not second and self.read_bytes(path) == b"first"
+            return not self.create_if_absent(path, second) and self.read_bytes(path) == first
         except ConditionalWriteUnsupported:
             return False
         finally:
-            self.remove(path)
+            self.remove(path, settle=True)
 
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)
@@ -223,18 +264,26 @@ class OutputLayout:
         return self.fs.exists(path)
 
     def list_dir(self, directory: str, suffix: str) -> list[str]:
-        self.fs.invalidate_cache()  # another process may have committed since the last listing
+        """Paths in `directory` ending in `suffix`, sorted (fresh: never a cached listing)."""
         try:
+            if self.is_local:  # os.listdir: fsspec's local ls stats every entry (100 000: ~1 s)
+                return sorted(os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(suffix))
+            self.fs.invalidate_cache()  # another process may have committed since the last listing
             names = self.fs.ls(directory, detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(n for n in names if n.endswith(suffix))
 
-    def remove(self, path: str, recursive: bool = False) -> None:
+    def remove(self, path: str, recursive: bool = False, settle: bool = False) -> None:
+        """Delete `path` (absent is fine). `settle`: a DELETE that fails is not an error when
+        the object is gone anyway (a cut response) or still there (it stays for clean-up)."""
         try:
             self.fs.rm(path, recursive=recursive)
         except FileNotFoundError:
             pass
+        except Exception:
+            if not settle:
+                raise
 
     def clean_tmp(self) -> int:
         """Remove this run's leftover temp files (never another run's in-flight ones); how many."""
@@ -271,13 +320,19 @@ class OutputLayout:
             return False
 
     def _write_temp(self, path: str, data: bytes) -> str:
-        """`data` in a fresh, fsync'ed temp file of this run beside the output (same filesystem)."""
+        """`data` in a fresh, fsync'ed temp file of this run beside the output (same filesystem).
+        A failed write (a full disk) removes the temp file and names the path it was for."""
         os.makedirs(self.tmp_dir, exist_ok=True)
         tmp = os.path.join(self.tmp_dir, f"{self.run_id or 'run'}-{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise OSError(e.errno, f"{e.strerror} (writing {len(data)} bytes)", path) from e
         return tmp
 
 
@@ -291,6 +346,9 @@ def _create_exclusive(path: str, data: bytes) -> bool:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except OSError:
         os.close(fd)
+        os.unlink(path)  # ours, and half written (a full disk): never left as an unreadable manifest
+        raise
+    os.close(fd)
     return True

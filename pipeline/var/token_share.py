@@ -8,7 +8,9 @@ thread that overlaps the model's set-up, and every later batch is an index into 
 order of the next epoch is computed in the background while the current one runs.
 
 The driver reads the status/variant columns of every file once (`rows_per_image`) to fix the
-shares and the epoch length; the workers read only their own files.
+shares and the epoch length; the workers read only their own files. Every file is read whole and
+checked against its commit record (size, sha256) before it is parsed: a damaged one raises
+integrity.DamagedDataError, which train.py makes a failure Ray Train does not retry.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipeline.sinks.arrow_io import read_schema, read_table
+from pipeline.sinks.arrow_io import open_parquet
 from pipeline.var.data import READ_COLUMNS, TokenDataError, TokenSource, labels_array, tokens_array
 from pipeline.var.data_plan import DataPlan, Segment, candidate_ranges, epoch_rows, image_rows
 
@@ -30,9 +32,12 @@ from pipeline.var.data_plan import DataPlan, Segment, candidate_ranges, epoch_ro
 MEMORY_FRACTION = 0.5
 
 
-def _columns(fs: Any, path: str, names: Sequence[str]):
-    has_variant = "variant" in read_schema(fs, path).names
-    table = read_table(fs, path, columns=[*names, *(["variant"] if has_variant else [])])
+def _columns(fs: Any, path: str, names: Sequence[str], manifest: dict[str, Any] | None = None):
+    # One fetch, checked, then the schema from the same bytes (a footer-only read first would
+    # fail on a truncated file before the check could name it).
+    parquet = open_parquet(fs, path, manifest)
+    has_variant = "variant" in parquet.schema_arrow.names
+    table = parquet.read(columns=[*names, *(["variant"] if has_variant else [])], use_threads=False)
     variant = table.column("variant").to_pylist() if has_variant else None
     return table, variant
 
@@ -46,8 +51,8 @@ def rows_per_image(source: TokenSource) -> list[np.ndarray]:
     if not source.metadata.get("variants") and len(counts) == len(source.files) and None not in counts:
         return [np.ones(int(n), dtype=np.int64) for n in counts]
     out = []
-    for path in source.files:
-        table, variant = _columns(source.filesystem, path, ["status"])
+    for i, path in enumerate(source.files):
+        table, variant = _columns(source.filesystem, path, ["status"], source.manifest_of(i))
         out.append(image_rows(table.column("status").to_pylist(), variant)[1])
     return out
 
@@ -69,7 +74,8 @@ class ShareRows:
 def load_share(source: TokenSource, share: Sequence[Segment], seq_len: int, null_label: int) -> ShareRows:
     tokens, labels, images, variants, offset = [], [], [], [], 0
     for seg in share:
-        table, variant = _columns(source.filesystem, source.files[seg.file], READ_COLUMNS)
+        table, variant = _columns(source.filesystem, source.files[seg.file], READ_COLUMNS,
+                                  source.manifest_of(seg.file))
         image, _ = image_rows(table.column("status").to_pylist(), variant)
         keep = (image >= seg.first) & (image < seg.end)
         idx = np.flatnonzero(keep)

@@ -9,6 +9,12 @@ encoder forward), run the reference recipe under DDP and report a checkpoint eve
 steps. Every rank takes the same number of rows every step. Rerunning with the same
 storage_path/name resumes from the latest checkpoint at exactly the batch where it stopped; a dead
 worker restarts the group from it (FailureConfig).
+
+Bad data is not retried. A damaged token file (its bytes differ from its manifest: a truncated one
+is found by the driver's size check before any worker starts, a changed one by the sha256 check of
+the worker that reads it) and a TokenDataError on a worker fail the run at once
+(training/run_config.py: FinalErrors): `fit` raises the worker's own exception, a damaged file as
+JobFailed, so the CLI prints `scaletok train: failed: <file>: damaged: ...` and exits 1.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pipeline.config import to_ray_dict
+from pipeline.errors import JobFailed
 from pipeline.io import filesystem_for
 from pipeline.ray_connect import init_ray
+from pipeline.sinks.integrity import DamagedDataError, integrity_record
 from pipeline.tokenizers import TokenizerMismatch, tokenizer_from_metadata
 from pipeline.training.console import say
-from pipeline.training.run_config import checkpoint_dirs, ray_run_config
+from pipeline.training.run_config import checkpoint_dirs, final_error_of, ray_run_config
 from pipeline.var.checkpointing import METRICS_FILE, read_jsonl
 from pipeline.var.data import TokenDataError, check_labels, check_tokenizer, classes_of, open_token_source
 from pipeline.var.data_plan import make_plan, split_images
@@ -35,6 +43,9 @@ from pipeline.var.train_worker import FAULT_MARKER, storage_fs, train_loop_per_w
 
 __all__ = ["FAULT_MARKER", "FitResult", "fit", "latest_checkpoint", "storage_fs", "train_loop_per_worker"]
 log = logging.getLogger(__name__)
+
+# Worker errors that every attempt would meet again: the run fails at once (module doc).
+FINAL_ERRORS = (DamagedDataError, TokenDataError)
 
 
 @dataclass
@@ -79,6 +90,16 @@ def with_data_classes(cfg: TrainConfig, source: Any) -> TrainConfig:
 
 
 def fit(cfg: TrainConfig) -> FitResult:
+    """Train (or resume) the run of `cfg`. A damaged token file, met by the driver or a worker,
+    leaves as JobFailed whose one-line message names the file."""
+    try:
+        return _fit(cfg)
+    except DamagedDataError as e:
+        # A ValueError, but not the user's input to fix: the job ran and met changed data (exit 1).
+        raise JobFailed(str(e)) from e
+
+
+def _fit(cfg: TrainConfig) -> FitResult:
     cfg = cfg.resolved()
     cfg.validate()
     source = open_token_source(cfg.tokens, cfg.storage_options)
@@ -126,15 +147,23 @@ def fit(cfg: TrainConfig) -> FitResult:
                            "patch_nums": list(source.patch_nums), "num_classes": num_classes,
                            "class_names": classes_of(source)[1],
                            "files": list(source.files), "metadata": source.metadata, "plan": asdict(plan),
+                           # what each worker checks the files it reads against (size, sha256)
+                           "integrity": [integrity_record(m) for m in source.manifests],
                            "shares": [[asdict(seg) for seg in share] for share in shares],
                            "share_rows": [sum(int(rows[g.file][g.first:g.end].sum()) for g in share)
                                           for share in shares]},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=ray_run_config(cfg.name, run_dir, fs, max_failures=cfg.max_failures,
-                                  keep_checkpoints=cfg.keep_checkpoints),
+                                  keep_checkpoints=cfg.keep_checkpoints, final_errors=FINAL_ERRORS),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 -- TrainingFailedError, or whatever Ray raises
+        final = final_error_of(e, FINAL_ERRORS)
+        if final is None:
+            raise
+        raise final from e  # the worker's own one-line error (Ray's, with tracebacks, under --debug)
     history = read_jsonl(posixpath.join(run_dir, METRICS_FILE), fs=fs)
     png = plot_curves(history, title=f"VAR d{cfg.depth} on {', '.join(cfg.tokens)}")
     if png:

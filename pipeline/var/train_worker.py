@@ -101,7 +101,8 @@ def set_up(loop_config: dict[str, Any]) -> Worker:
     plan = DataPlan(**loop_config["plan"])
     # The driver's file list on a filesystem built here: the storage options never travel in clear.
     fs, _ = filesystem_for(cfg.tokens[0], cfg.storage_options)
-    source = TokenSource(files=tuple(loop_config["files"]), filesystem=fs, metadata=loop_config["metadata"])
+    source = TokenSource(files=tuple(loop_config["files"]), filesystem=fs, metadata=loop_config["metadata"],
+                         manifests=tuple(loop_config.get("integrity") or ()))
     seq_len = int(loop_config["seq_len"])
     num_classes = int(loop_config["num_classes"])
     itemsize = token_dtype(int(source.metadata.get("vocab_size") or 0)).byte_width

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline.sinks.manifest import (COMMITTED_OTHER, COMMITTED_SAME, CREATED, CommitConflict, build_manifest,
-                                     clean_attempts, commit_shard, plan_resume, read_all_manifests,
-                                     read_committed_set, repair_unpublished)
+                                     commit_shard, read_all_manifests, read_committed_set)
+from pipeline.sinks.resume import clean_attempts, plan_resume, restore_data
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.listing import Shard
 
@@ -126,7 +126,7 @@ def test_a_crash_after_any_step_is_invisible_or_repaired(tmp_path, step):
     resumed = OutputLayout(str(crash_root), run_id="run2")
     shards = [Shard(url=f"/in/{n}.tar", name=n) for n in ("x", "y")]
     plan = plan_resume(resumed, shards, JOB)
-    repaired, lost = repair_unpublished(resumed, plan.unpublished)
+    repaired, lost = restore_data(resumed, sorted(plan.damaged))
     assert lost == [] and repaired == (["x"] if step == "manifest_created" else [])
     for shard in plan.todo:
         assert attempt(resumed, shard.name, b"the bytes") == CREATED

@@ -14,11 +14,12 @@ from pipeline.errors import UsageError
 from pipeline.runner.build import plan_job
 from pipeline.runner.job import run_tokenize
 from pipeline.runner.output import OutputConflict, claim_output
-from pipeline.sinks.manifest import (COMMITTED_OTHER, CREATED, build_manifest, clean_attempts, commit_shard,
+from pipeline.sinks.resume import clean_attempts
+from pipeline.sinks.manifest import (COMMITTED_OTHER, CREATED, build_manifest, commit_shard,
                                      read_all_manifests)
 from pipeline.sinks.writer import OutputLayout
 from tests.job.conftest import tiny_config
-from tests.job.s3_proxy import start_ignoring_proxy
+from tests.job.fault_proxy import FaultProxy, Rule
 
 BUCKET = "scaletok-protocol"
 
@@ -67,8 +68,9 @@ def test_concurrent_attempts_with_other_bytes_on_s3(s3_server, bucket):
 
 
 def test_a_store_that_ignores_conditional_creates_is_refused(s3_server, bucket, corpus_pattern, ray_cluster):
-    proxy, endpoint = start_ignoring_proxy(s3_server["endpoint_url"])
-    try:
+    # A proxy that drops If-None-Match, as some S3-compatible stores ignore it.
+    with FaultProxy(s3_server["endpoint_url"], [Rule("strip", header="If-None-Match")]) as proxy:
+        endpoint = proxy.endpoint
         honest = s3_layout(s3_server, "probe")
         ignoring = s3_layout(s3_server, "probe", endpoint=endpoint)
         assert honest.probe_conditional_create() is True
@@ -81,8 +83,6 @@ def test_a_store_that_ignores_conditional_creates_is_refused(s3_server, bucket, 
         cfg.allow_unconditional_commit = True  # the documented opt-in: check, then write
         assert run_tokenize(cfg) == 0
         assert len(s3_server["fs"].ls(f"{BUCKET}/ignoring/tokens")) == 3
-    finally:
-        proxy.shutdown()
 
 
 def test_a_412_means_already_there(s3_server, bucket, monkeypatch):

@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 
-from pipeline.sinks.manifest import build_manifest, manifest_fingerprints, plan_resume, read_all_manifests
+from pipeline.sinks.manifest import build_manifest, read_all_manifests
+from pipeline.sinks.resume import manifest_fingerprints, plan_resume
 from pipeline.sinks.writer import OutputLayout
 from pipeline.sources.listing import Shard
 
@@ -49,7 +50,7 @@ def test_resume_planning_over_2000_manifests(tmp_path):
 
     plan = plan_resume(layout, shards, JOB)
     todo = plan.todo
-    assert set(plan.unpublished) == expected_done - published  # committed, data still to publish
+    assert set(plan.missing) == expected_done - published  # committed, data still to publish
     assert plan.done == len(published)
     assert {s.name for s in shards} - {s.name for s in todo} == expected_done
     assert [s.name for s in todo] == [s.name for s in shards if s.name not in expected_done]  # order kept
