@@ -47,7 +47,7 @@ from pipeline.runner.config import TokenizeConfig  # noqa: E402
 from pipeline.runner.job import run_tokenize  # noqa: E402
 from pipeline.runner.shard_task import ShardResult  # noqa: E402
 from pipeline.runner.stats import build_stats  # noqa: E402
-from pipeline.sinks.manifest import iter_manifests, published_names, read_all_manifests  # noqa: E402
+from pipeline.sinks.manifest import data_sizes, iter_manifests, read_all_manifests  # noqa: E402
 from pipeline.sinks.resume import plan_resume  # noqa: E402
 from pipeline.sinks.writer import OutputLayout  # noqa: E402
 from pipeline.sources.listing import expand_shards  # noqa: E402
@@ -120,10 +120,12 @@ def planning(count: int, work: str, vocab: int) -> dict[str, Any]:
     listed = len(layout.list_dir(layout.manifest_dir, ".json"))
     list_manifests_s = time.perf_counter() - t
     t = time.perf_counter()
-    published = len(published_names(layout))
+    published = len(data_sizes(layout))
     list_tokens_s = time.perf_counter() - t
-    plan, plan_s, plan_rss = peak_rss_growth(lambda: plan_resume(layout, shards, FINGERPRINT))
-    _, _, plan_peak = traced_bytes(lambda: plan_resume(layout, shards, FINGERPRINT))  # again, traced
+    # --check-data size: listing and manifests (the hash check's cost is per file and per byte:
+    # benchmarks/scheduling.py measures it).
+    plan, plan_s, plan_rss = peak_rss_growth(lambda: plan_resume(layout, shards, FINGERPRINT, "size"))
+    _, _, plan_peak = traced_bytes(lambda: plan_resume(layout, shards, FINGERPRINT, "size"))  # again, traced
     if not (listed == published == count and plan.done == count and len(plan.todo) == len(shards) - count):
         raise SystemExit(f"planning saw {listed} manifests, {published} data files, {plan.done} done, "
                          f"{len(plan.todo)} to do; expected {count} and {len(shards) - count}")

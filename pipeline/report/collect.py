@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 from pipeline.io import filesystem_for
 from pipeline.sinks.arrow_io import open_parquet, parquet_from_bytes, read_schema
 from pipeline.sinks.codebook import perplexity
-from pipeline.sinks.integrity import check_data, check_size, is_checkable
-from pipeline.sinks.manifest import is_job_output, read_all_manifests, read_committed_set, shard_of_path
+from pipeline.sinks.integrity import check_data, is_checkable
+from pipeline.sinks.manifest import (check_data_sizes, data_sizes, is_job_output, read_all_manifests,
+                                     read_committed_set, shard_of_path)
 from pipeline.sinks.schema import decode_metadata
 from pipeline.sinks.writer import OutputLayout
 
@@ -83,13 +84,15 @@ def load_job_output(url: str, storage_options: dict[str, Any] | None = None) -> 
     if is_job_output(layout):  # what readers may read: the committed set of the job's fingerprint
         committed = read_committed_set(layout)
         manifests, data_files = committed.manifests, committed.data_paths()
+        committed.check_sizes()
     else:  # an output from before _job.json: every manifest and data file
         manifests = read_all_manifests(layout)
-        data_files = sorted(layout.list_dir(layout.tokens_dir, ".parquet")) if layout.fs.exists(layout.tokens_dir) else []
+        sizes = data_sizes(layout)
+        data_files = [layout.data_path(name) for name in sorted(sizes)]
+        check_data_sizes(layout, manifests, sizes)
     stats = None
     if layout.fs.exists(layout.join("_stats.json")):
         stats = json.loads(layout.read_bytes(layout.join("_stats.json")))
-    check_listed_sizes(layout, manifests, data_files)
     metadata = {}
     if data_files:
         metadata = decode_metadata(read_schema(layout.fs, data_files[0]))
@@ -102,19 +105,6 @@ def load_job_output(url: str, storage_options: dict[str, Any] | None = None) -> 
 
 def manifest_of(job: JobOutput, path: str) -> dict[str, Any]:
     return job.manifests.get(shard_of_path(path, ".parquet")) or {}
-
-
-def check_listed_sizes(layout: OutputLayout, manifests: dict[str, dict[str, Any]], data_files: list[str]) -> None:
-    """integrity.DamagedDataError for the first data file whose listed size differs from its
-    manifest's (one listing of tokens/, no file read)."""
-    if not data_files:
-        return
-    layout.fs.invalidate_cache(layout.tokens_dir)
-    sizes = {posixpath.basename(e["name"]): e.get("size") for e in layout.fs.ls(layout.tokens_dir, detail=True)}
-    for path in data_files:
-        size = sizes.get(posixpath.basename(path))
-        if size is not None:
-            check_size(int(size), manifests.get(shard_of_path(path, ".parquet")) or {}, path)
 
 
 def files_read_whole(job: JobOutput, scan_rows: int = SCAN_ROWS) -> list[str]:

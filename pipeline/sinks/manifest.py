@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from pipeline.sinks.codebook import histogram_summary
+from pipeline.sinks.integrity import check_size
 from pipeline.sinks.writer import ATTEMPT_SEPARATOR, OutputLayout, attempt_file
 
 MANIFEST_VERSION = 2
@@ -265,9 +266,12 @@ def data_sizes(layout: OutputLayout) -> dict[str, int]:
             if e["name"].endswith(".parquet") and e.get("type", "file") == "file"}
 
 
-def published_names(layout: OutputLayout) -> set[str]:
-    """Shards whose data file exists (one listing of tokens/)."""
-    return {shard_of_path(p, ".parquet") for p in layout.list_dir(layout.tokens_dir, ".parquet")}
+def check_data_sizes(layout: OutputLayout, manifests: dict[str, dict[str, Any]], sizes: dict[str, int]) -> None:
+    """integrity.DamagedDataError for the first data file (in shard order) whose listed size
+    (`data_sizes`) differs from its manifest's `bytes`; files not listed are not checked here."""
+    for name in sorted(manifests):
+        if name in sizes:
+            check_size(sizes[name], manifests[name], layout.data_path(name))
 
 
 # ---------------------------------------------------------------------------------- the committed set
@@ -286,6 +290,12 @@ class CommittedSet:
     unpublished: list[str] = field(default_factory=list)   # manifest without data file (repair: rerun)
     foreign: list[str] = field(default_factory=list)       # manifest of another fingerprint
     orphans: list[str] = field(default_factory=list)       # committed, but not in the job's inputs
+    sizes: dict[str, int] = field(default_factory=dict)    # shard -> listed size of its data file
+
+    def check_sizes(self) -> None:
+        """integrity.DamagedDataError for the first committed data file whose listed size is not
+        its manifest's (a truncated file, found before anything reads it)."""
+        check_data_sizes(self.layout, self.manifests, self.sizes)
 
     def data_paths(self) -> list[str]:
         return [self.layout.data_path(name) for name in self.manifests]
@@ -321,7 +331,8 @@ def read_committed_set(layout: OutputLayout) -> CommittedSet:
     record = read_job_record(layout)
     fingerprint = record["fingerprint"]
     manifests = read_all_manifests(layout)
-    published = published_names(layout)
+    sizes = data_sizes(layout)  # one listing: which shards are published, and their sizes
+    published = set(sizes)
     inputs = read_input_names(layout)
     out = CommittedSet(url=layout.url, fingerprint=fingerprint, record=record, manifests={}, layout=layout)
     for name in sorted(manifests):
@@ -334,5 +345,6 @@ def read_committed_set(layout: OutputLayout) -> CommittedSet:
             out.orphans.append(name)
         else:
             out.manifests[name] = manifest
+            out.sizes[name] = sizes[name]
     out.uncommitted = sorted(published - set(manifests))
     return out

@@ -17,7 +17,6 @@ otherwise the shard is named as lost (non-zero exit), never silently replaced.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

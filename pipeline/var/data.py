@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.sinks.arrow_io import read_schema, read_table
-from pipeline.sinks.integrity import DamagedDataError, check_size, is_checkable
+from pipeline.sinks.integrity import DamagedDataError
 from pipeline.sinks.manifest import JOB_RECORD, CommittedSet, is_job_output, read_committed_set
 from pipeline.sinks.schema import decode_metadata
 from pipeline.sinks.writer import OutputLayout
@@ -119,6 +119,10 @@ def open_token_source(urls: str | list[str] | tuple[str, ...],
                 f"{url}: {len(committed.unpublished)} committed shard(s) without their data file ({names}); "
                 f"rerun `scaletok tokenize` on this output to restore or redo them, or `scaletok verify` to "
                 f"list them all")
+        # A truncated file stops training here, on the driver, before any worker starts (and before
+        # its footer is read: a cut-off footer says nothing of which file or why); the sha256 is
+        # checked where each file is read whole.
+        committed.check_sizes()
         files += committed.data_paths()
         manifests += list(committed.manifests.values())
         if committed.ignored():
@@ -130,30 +134,11 @@ def open_token_source(urls: str | list[str] | tuple[str, ...],
     if not files:
         raise TokenDataError(f"no committed token files in {', '.join(urls)}"
                              + (f" ({'; '.join(notes)})" if notes else ""))
-    check_sizes(fs, files, manifests)
     first = decode_metadata(read_schema(fs, files[0]))
     if not first or "patch_nums" not in first:
         raise TokenDataError(f"{files[0]} has no scaletok metadata (not written by the tokenize job?)")
     return TokenSource(files=tuple(files), filesystem=fs, metadata=first, manifests=tuple(manifests),
                        outputs=tuple(urls), ignored="; ".join(notes))
-
-
-def check_sizes(fs: Any, files: list[str], manifests: list[dict[str, Any]]) -> None:
-    """Raise integrity.DamagedDataError for the first committed file whose listed size differs
-    from its manifest's: a truncated file stops training here, on the driver, before any worker
-    starts (and before its footer is read: a cut-off footer says nothing of which file or why).
-    One listing per directory; the sha256 is checked where each file is read whole."""
-    by_dir: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for path, manifest in zip(files, manifests):
-        if is_checkable(manifest):
-            by_dir.setdefault(posixpath.dirname(path), []).append((path, manifest))
-    for directory, members in by_dir.items():
-        fs.invalidate_cache(directory)  # a listing cached before the damage would hide it
-        sizes = {posixpath.basename(e["name"]): e.get("size") for e in fs.ls(directory, detail=True)}
-        for path, manifest in members:
-            size = sizes.get(posixpath.basename(path))
-            if size is not None:  # gone since the committed set was read: its read will say so
-                check_size(int(size), manifest, path)
 
 
 def classes_of(source: TokenSource) -> tuple[int | None, list[str] | None, str]:
