@@ -92,7 +92,8 @@ def run_tokenize(cfg: TokenizeConfig, on_scheduler: Callable[[ShardScheduler], N
         write_if_changed(layout, CLASSES_RECORD, json.dumps({"classes": list(spec.class_names)}, indent=0).encode())
     plan = plan_resume(layout, shards, spec.fingerprint, cfg.check_data)
     restored, redo = restore_data(layout, sorted(plan.damaged)) if plan.damaged else ([], [])
-    todo = plan.todo + [s for s in shards if s.name in set(redo)]
+    redo_names = set(redo)
+    todo = plan.todo + [s for s in shards if s.name in redo_names]
     log(f"{plural(len(shards), 'shard')}: {plan.done + len(restored)} already committed, {len(todo)} to do"
         + _damage_note(plan.damaged, restored, redo, plan.hashed)
         + f"; tokenizer {spec.tokenizer} (tokenizer fingerprint {spec.tokenizer_fingerprint}), "
